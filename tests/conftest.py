@@ -1,0 +1,36 @@
+"""Test configuration (STYLE.md §14): JAX is configured here, never at import time of the library.
+
+- 4 virtual CPU devices, so sharding is exercised on any machine (set before JAX is imported);
+- float64 on; a persistent compilation cache in a private folder;
+- a PRNG-key fixture; warnings are errors (pyproject's filterwarnings);
+- the ``strict`` marker runs a test under strict dtype promotion and rank-promotion errors (twinjax-only code: numpyro
+  and blackjax samplers raise under strict promotion, so it is opt-in per test).
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+_cache = pathlib.Path(os.environ.get("TWINJAX_TEST_CACHE", pathlib.Path(__file__).parent.parent / ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", str(_cache))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
+
+
+@pytest.fixture(autouse=True)
+def _strict_mode(request):
+    if request.node.get_closest_marker("strict") is None:
+        yield
+        return
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+        yield

@@ -1,0 +1,1 @@
+"""twinjax.calibrate — see DESIGN.md; built by its own issue."""

@@ -1,0 +1,1 @@
+"""twinjax.causal — see DESIGN.md; built by its own issue."""

@@ -1,0 +1,1 @@
+"""twinjax.control — see DESIGN.md; built by its own issue."""

@@ -1,0 +1,1 @@
+"""twinjax.diagnostics — see DESIGN.md; built by its own issue."""

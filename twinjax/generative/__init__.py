@@ -1,0 +1,1 @@
+"""twinjax.generative — see DESIGN.md; built by its own issue."""

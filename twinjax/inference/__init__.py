@@ -1,0 +1,1 @@
+"""twinjax.inference — see DESIGN.md; built by its own issue."""

@@ -1,0 +1,1 @@
+"""twinjax.risk — see DESIGN.md; built by its own issue."""

@@ -1,0 +1,289 @@
+"""``twinjax.ensemble``: many rollouts of one twin over initial states, parameters and noise, in one compiled call.
+
+Two engines:
+
+- ``method="fused"`` (default for open-loop controls): one batched state ``(members, state)`` advanced by a lean
+  explicit Runge–Kutta step (Euler–Maruyama for SDE twins) inside ``lax.scan``. This is the fast path: a vmapped
+  adaptive ``diffeqsolve`` is several times slower on CPU (``benchmarks/ensemble.py`` measures it). Only the save
+  times ``ts`` are stored, so memory is ``O(members × len(ts))``: pass ``ts=[t0, t1]`` and ``substeps=N`` to keep
+  final states only.
+- ``method="diffrax"``: every member is its own diffrax solve (any solver, adaptive steps, feedback policies),
+  vmapped.
+
+Either way every member has a status code; a failing member (non-finite state, ``max_steps``) is reported in
+``Trajectory.status`` and the others are unaffected. The member axis is sharded across all local devices with
+``jax.sharding`` (members are padded to a multiple of the device count and the padding dropped afterwards).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .._checks import check_finite_leaves, check_times, is_concrete
+from .._types import Array, Float, Key
+from ..model.distributions import _psd_sqrt
+from ..model.dynamics import AbstractDiscreteDynamics, AbstractSDEDynamics
+from ..model.params import Params
+from ..model.ssm import LinearGaussianSSM
+from ..model.status import Status
+from . import _progress
+from .rk import Tableau, get_tableau, rk_step
+from .simulate import _rollout, as_model, check_controls, check_x0, with_discretisation
+from .trajectory import Trajectory
+
+
+def member_sharding(n_devices: int | None = None) -> NamedSharding | None:
+    """A sharding that splits a leading ``member`` axis across the local devices (``None`` with one device)."""
+    devices = jax.local_devices()[: n_devices or None]
+    if len(devices) < 2:
+        return None
+    return NamedSharding(Mesh(np.asarray(devices), ("member",)), PartitionSpec("member"))
+
+
+def _pad_and_shard(tree, members: int, sharding):
+    """Pad every leading-``members`` leaf to a multiple of the device count, then place it sharded."""
+    if sharding is None:
+        return tree, members
+    nd = sharding.mesh.devices.size
+    padded = -(-members // nd) * nd
+
+    def place(x):
+        if not eqx.is_array(x) or x.ndim == 0 or x.shape[0] != members:
+            return x
+        if padded != members:
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], padded - members, axis=0)])
+        return jax.device_put(x, sharding)
+
+    return jax.tree_util.tree_map(place, tree), padded
+
+
+def _member_dynamics(model, spec, phi):
+    return model.dynamics if spec is None else spec.with_values(model, phi).dynamics
+
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def _fused(model, x0s, phis, spec, us, ts, substeps, tableau, key, observe, progress):
+    members = x0s.shape[0]
+    n_save = ts.shape[0]
+    h = (ts[-1] - ts[0]) / (n_save - 1) if n_save > 1 else jnp.zeros((), ts.dtype)
+    dt = h / substeps
+    k_noise, k_proc, k_obs = jax.random.split(key, 3)
+    dyn = model.dynamics
+    sde = isinstance(dyn, AbstractSDEDynamics)
+    discrete = isinstance(dyn, AbstractDiscreteDynamics)
+    shared_u = us is None or us.ndim == 2
+    u_dim = model.control_dim if us is None else us.shape[-1]
+
+    def controls_at(k):
+        if us is None:
+            return jnp.zeros((members, u_dim), x0s.dtype)
+        return jnp.broadcast_to(us[k], (members, u_dim)) if shared_u else us[:, k]
+
+    def member_map(fn, t, X, U):
+        if phis is None:
+            return jax.vmap(lambda x, u: fn(dyn, t, x, u))(X, U)
+        return jax.vmap(lambda p, x, u: fn(_member_dynamics(model, spec, p), t, x, u))(phis, X, U)
+
+    def drift(t, X, U):
+        return member_map(lambda d, t, x, u: d.vector_field(t, x, u), t, X, U)
+
+    def one_step(i, X, t, U):
+        if discrete:
+            return member_map(lambda d, t, x, u: d.transition(t, x, u), t, X, U)
+        if sde:
+            G = member_map(lambda d, t, x, u: d.diffusion(t, x, u), t, X, U)
+            dW = jnp.sqrt(dt) * jax.random.normal(jax.random.fold_in(k_noise, i), (members, G.shape[-1]), X.dtype)
+            return X + dt * drift(t, X, U) + jnp.einsum("mij,mj->mi", G, dW)
+        return rk_step(lambda s, Y: drift(s, Y, U), t, X, dt, tableau)
+
+    q_root = None
+    if getattr(model, "process_noise", None) is not None:
+        frac = h / model.dt if model.dt is not None else 1.0
+        q_root = _psd_sqrt(model.process_noise * frac)
+
+    def interval(X, k):
+        U = controls_at(k)
+        t_start = ts[0] + k * h
+
+        def sub(j, Y):
+            return one_step(k * substeps + j, Y, t_start + j * dt, U)
+
+        X = sub(0, X) if substeps == 1 else jax.lax.fori_loop(0, substeps, sub, X)
+        if q_root is not None:
+            Z = jax.random.normal(jax.random.fold_in(k_proc, k), X.shape, X.dtype)
+            X = X + Z @ q_root.T
+        if progress:
+            _progress.tick(k, n_save - 1, desc="ensemble")
+        return X, X
+
+    _, saved = jax.lax.scan(interval, x0s, jnp.arange(n_save - 1))
+    xs = jnp.concatenate([x0s[None], saved]).swapaxes(0, 1)
+    status = jnp.where(jnp.all(jnp.isfinite(xs), axis=(1, 2)), Status.successful, Status.nonfinite).astype(jnp.int32)
+    ys = None
+    obs = model.observation
+    used = jnp.zeros((n_save, u_dim), x0s.dtype) if us is None else us
+    if observe and obs is not None:
+        member_ids = jnp.arange(members)
+        u_m = jnp.broadcast_to(used, (members, n_save, u_dim)) if shared_u else used
+
+        def observe_member(i, p, x_t, u_t):
+            m = obs if phis is None else spec.with_values(model, p).observation
+            keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k_obs, i), k))(jnp.arange(n_save))
+            return jax.vmap(m.sample)(keys, ts, x_t, u_t)
+
+        p_in = jnp.zeros((members, 0)) if phis is None else phis
+        ys = jax.vmap(observe_member)(member_ids, p_in, xs, u_m)
+    return Trajectory(ts, xs, ys, used, status, phis)
+
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def _per_member(model, x0s, phis, spec, us, policy, ts, keys):
+    def one(x0, phi, u, key):
+        m = model if phis is None else spec.with_values(model, phi)
+        return _rollout(m, x0, ts, u, policy, key, False)
+
+    in_u = None if (us is None or us.ndim == 2) else 0
+    p_in = jnp.zeros((x0s.shape[0], 0)) if phis is None else phis
+    xs, ys, used, status = jax.vmap(
+        lambda x0, p, u, k: one(x0, None if phis is None else p, u, k), in_axes=(0, 0, in_u, 0)
+    )(x0s, p_in, us, keys)
+    return Trajectory(ts, xs, ys, used, status, phis)
+
+
+def ensemble(
+    model,
+    ts: Float[Array, " time"],
+    *,
+    members: int | None = None,
+    x0: Float[Array, "member state"] | None = None,
+    params: Params | None = None,
+    param_values: Float[Array, "member param"] | None = None,
+    controls=None,
+    key: Key | None = None,
+    method: str | None = None,
+    substeps: int = 1,
+    tableau: "str | Tableau" = "rk4",
+    observe: bool = True,
+    shard: bool = True,
+    progress: bool = False,
+    **discretisation,
+) -> Trajectory:
+    """Simulate an ensemble of a twin over initial states, parameters and noise in one compiled call.
+
+    Arguments:
+        model: the twin (a :class:`~twinjax.StateSpaceModel`, :class:`~twinjax.LinearGaussianSSM` or bare dynamics).
+        ts: save times, shape ``(time,)``. The fused path needs them evenly spaced; it takes ``substeps`` fixed steps
+            per interval (``dt = (ts[1] - ts[0]) / substeps``).
+        members: the ensemble size (inferred from ``x0`` or ``param_values`` when given).
+        x0: initial states ``(members, state)``; ``None`` draws them from ``model.initial``.
+        params: a :class:`~twinjax.Params` spec. With ``param_values`` ``(members, param)`` (physical units) those
+            values are used; without, each member's ``φ`` is drawn from the spec's prior.
+        controls: ``None``, a shared array ``(time[-1], control)``, per-member ``(members, time[-1], control)``, or a
+            feedback policy (then ``method="diffrax"``).
+        key: PRNG key (initial states, parameters, noise, measurements).
+        method: ``"fused"`` (lean fixed-step kernel; default for open-loop) or ``"diffrax"`` (per-member diffrax
+            solves with the model's discretisation, or the overrides in ``**discretisation``).
+        tableau: the fused path's explicit RK method: ``euler``, ``heun``, ``midpoint``, ``rk3``, ``rk4``. SDE twins
+            use Euler–Maruyama; discrete twins their transition.
+        observe: also draw measurements (``Trajectory.ys``).
+        shard: split the member axis across all local devices.
+        progress: show a progress bar (fused path).
+
+    Returns:
+        A :class:`~twinjax.Trajectory` with a leading member axis (``ts`` and shared ``us`` are not repeated) and a
+        per-member ``status``; failed members are reported there, never raised.
+
+    Raises:
+        ValueError: for inconsistent sizes, uneven ``ts`` on the fused path, an unknown method, or a missing ``key``.
+
+    Example:
+        ```python
+        cloud = tj.ensemble(twin, ts=jnp.linspace(0, 10, 101), members=4096, params=spec, key=jax.random.key(1))
+        cloud.xs.shape  # (4096, 101, state)
+        ```
+    """
+    model = as_model(model)
+    model = with_discretisation(model, **discretisation)
+    ts = check_times(ts, "ts")
+    n_times = ts.shape[0]
+    if params is not None and not isinstance(params, Params):
+        raise ValueError(f"`params` must be a tj.Params spec, got {type(params).__name__}.")
+    if param_values is not None and params is None:
+        raise ValueError("`param_values` needs `params`: the spec saying which fields the columns are.")
+    sizes = {
+        name: int(jnp.shape(v)[0]) for name, v in (("x0", x0), ("param_values", param_values)) if v is not None
+    }
+    if members is not None:
+        sizes["members"] = members
+    if not sizes:
+        raise ValueError("Give `members` (or `x0` / `param_values` with a leading member axis).")
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"Inconsistent ensemble sizes: {sizes}.")
+    members = next(iter(sizes.values()))
+    if members < 1:
+        raise ValueError(f"`members` must be >= 1, got {members}.")
+    x0 = check_x0(model, x0, batch=members)
+    check_finite_leaves(model, "model")
+    per_member_u = controls is not None and not callable(controls) and jnp.ndim(controls) == 3
+    us, policy = check_controls(model, controls, n_times, batch=members if per_member_u else None)
+    if method is None:
+        method = "diffrax" if policy is not None else "fused"
+    if method not in ("fused", "diffrax"):
+        raise ValueError(f"`method` must be 'fused' or 'diffrax', got {method!r}.")
+    if method == "fused" and policy is not None:
+        raise ValueError("Feedback policies run with method='diffrax' (the fused kernel is open-loop).")
+    if not isinstance(substeps, int) or substeps < 1:
+        raise ValueError(f"`substeps` must be a positive integer, got {substeps!r}.")
+    tableau = get_tableau(tableau)
+    if key is None:
+        raise ValueError("`key` is required (ensembles draw initial states, parameters or noise).")
+    k_x0, k_phi, k_run = jax.random.split(key, 3)
+    phis = None
+    if params is not None:
+        phis = params.sample(k_phi, model, members) if param_values is None else jnp.asarray(param_values)
+        if phis.shape != (members, params.size(model)):
+            raise ValueError(f"`param_values` must have shape ({members}, {params.size(model)}), got {phis.shape}.")
+        check_finite_leaves(phis, "param_values")
+    if x0 is None:
+        if params is None:
+            x0 = jax.vmap(model.initial.sample)(jax.random.split(k_x0, members))
+        else:
+            x0 = jax.vmap(lambda k, p: params.with_values(model, p).initial.sample(k))(
+                jax.random.split(k_x0, members), phis
+            )
+    if method == "fused":
+        if isinstance(model.dynamics, AbstractDiscreteDynamics) or isinstance(model, LinearGaussianSSM):
+            if substeps != 1:
+                raise ValueError("Discrete-time twins take one transition per interval: use substeps=1.")
+        if n_times > 1 and is_concrete(ts):
+            gaps = np.diff(np.asarray(ts))
+            if not np.allclose(gaps, gaps[0], rtol=1e-9, atol=0):
+                raise ValueError("method='fused' needs evenly spaced `ts`; use method='diffrax' for irregular times.")
+    sharding = member_sharding() if shard else None
+    batched = {"x0": x0, "phis": phis, "us": us if per_member_u else None}
+    batched, padded = _pad_and_shard(batched, members, sharding)
+    x0s, phis_p = batched["x0"], batched["phis"]
+    us_in = batched["us"] if per_member_u else us
+    if method == "fused":
+        traj = _fused(model, x0s, phis_p, params, us_in, ts, substeps, tableau, k_run, observe, progress)
+    else:
+        keys = jax.random.split(k_run, padded)
+        if sharding is not None:
+            keys = jax.device_put(keys, sharding)
+        traj = _per_member(model, x0s, phis_p, params, us_in, policy, ts, keys)
+        if not observe:
+            traj = eqx.tree_at(lambda t: t.ys, traj, None, is_leaf=lambda x: x is None)
+    if padded != members:
+        traj = Trajectory(
+            traj.ts,
+            traj.xs[:members],
+            None if traj.ys is None else traj.ys[:members],
+            traj.us if traj.us.ndim == 2 else traj.us[:members],
+            traj.status[:members],
+            None if traj.params is None else traj.params[:members],
+        )
+    return traj
