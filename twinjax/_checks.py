@@ -81,10 +81,8 @@ def check_times(ts, name: str = "ts") -> jax.Array:
 
 def check_finite_leaves(tree, name: str) -> None:
     """Raise naming the first non-finite concrete floating leaf of ``tree`` (e.g. a NaN parameter)."""
-    leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(tree, eqx.is_inexact_array_like))
-    for path, leaf in leaves:
-        if isinstance(leaf, (float, int)) or (is_concrete(leaf) and hasattr(leaf, "dtype")):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(leaf, float) or (isinstance(leaf, (jax.Array, np.ndarray)) and is_concrete(leaf)):
             arr = np.asarray(leaf)
-            if not np.all(np.isfinite(arr)):
-                where = jax.tree_util.keystr(path)
-                raise ValueError(f"`{name}{where}` must be finite, got {arr}.")
+            if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+                raise ValueError(f"`{name}{jax.tree_util.keystr(path)}` must be finite, got {arr}.")

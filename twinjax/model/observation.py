@@ -37,7 +37,7 @@ def masked_gaussian_log_prob(
     cov_m = jnp.where(both, cov, eye)
     chol = jnp.linalg.cholesky(cov_m)
     z = jax.scipy.linalg.solve_triangular(chol, resid, lower=True)
-    n_obs = jnp.sum(mask)
+    n_obs = jnp.sum(mask).astype(cov.dtype)
     return -0.5 * (z @ z) - jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * n_obs * jnp.log(2 * jnp.pi)
 
 

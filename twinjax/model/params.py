@@ -193,8 +193,10 @@ class Params:
         priors = self._priors()
         total = 0.0
         for n, v in self._split(model, jnp.asarray(flat)).items():
-            lp = priors[n].log_prob(v)
             inside = self.specs[n].constraint.check(v)
+            # score a point inside the support where v is outside, then mask it: no out-of-support evaluation
+            safe = jnp.where(inside, v, self.specs[n].transform(jnp.zeros_like(v)))
+            lp = priors[n].log_prob(safe)
             total = total + jnp.sum(jnp.where(inside, lp, -jnp.inf))
         return total
 

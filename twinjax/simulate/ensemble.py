@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._checks import check_finite_leaves, check_times, is_concrete
-from .._types import Array, Float, Key
+from .._types import ArrayLike, Key
 from ..model.distributions import _psd_sqrt
 from ..model.dynamics import AbstractDiscreteDynamics, AbstractSDEDynamics
 from ..model.params import Params
@@ -156,12 +156,12 @@ def _per_member(model, x0s, phis, spec, us, policy, ts, keys):
 
 def ensemble(
     model,
-    ts: Float[Array, " time"],
+    ts: ArrayLike,
     *,
     members: int | None = None,
-    x0: Float[Array, "member state"] | None = None,
+    x0: ArrayLike | None = None,
     params: Params | None = None,
-    param_values: Float[Array, "member param"] | None = None,
+    param_values: ArrayLike | None = None,
     controls=None,
     key: Key | None = None,
     method: str | None = None,

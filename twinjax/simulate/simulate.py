@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import as_float_array, check_finite_leaves, check_times
-from .._types import Array, Float, Key
+from .._types import ArrayLike, Key
 from ..model.discretisation import Discretisation
 from ..model.dynamics import AbstractDiscreteDynamics, AbstractDynamics, AbstractSDEDynamics
 from ..model.params import Params
@@ -184,8 +184,8 @@ def _simulate_jit(model, x0, ts, us, policy, key, params, progress, throw):
 
 def simulate(
     model,
-    x0: Float[Array, " state"] | None,
-    ts: Float[Array, " time"],
+    x0: ArrayLike | None,
+    ts: ArrayLike,
     *,
     controls=None,
     key: Key | None = None,

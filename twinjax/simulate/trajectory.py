@@ -13,7 +13,7 @@ class Trajectory(eqx.Module):
         xs: latent states at ``ts``, shape ``(time, state)``.
         ys: measurements at ``ts``, shape ``(time, obs)`` (``None`` for a twin without sensors or when not observed).
         us: the controls, shape ``(time, control)``: ``us[k]`` is held over ``[t_k, t_{k+1})`` (zero-order hold);
-            its last row is the control at the final time.
+            its last row is the control at the final time. Shared by all members of an ensemble when the controls were.
         status: a :class:`~twinjax.Status` code (``int32``), per member in an ensemble: 0 means every interval solved.
         params: the physical parameter vector ``φ`` used (drawn from the prior in ancestral sampling), or ``None``.
     """
@@ -21,7 +21,7 @@ class Trajectory(eqx.Module):
     ts: Float[Array, " time"]
     xs: Float[Array, "*member time state"]
     ys: Float[Array, "*member time obs"] | None
-    us: Float[Array, "*member time control"]
+    us: Float[Array, "*umember time control"]
     status: Int[Array, "*member"]
     params: Float[Array, "*member param"] | None = None
 
