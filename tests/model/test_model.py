@@ -176,3 +176,29 @@ def test_grad_through_parameters_as_arrays():
 def test_bad_model_input_raises_clear_error(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_sensor_method_of_dynamics_sees_edited_parameters(key):
+    """A sensor that is a method of the dynamics (battery: V depends on R0) must follow parameter edits and draws."""
+
+    class Cell(tj.AbstractDynamics):
+        r0_ohm: jax.Array
+
+        def vector_field(self, t, x, u):
+            return -u
+
+        def observe(self, t, x, u):
+            return x - self.r0_ohm * u
+
+    cell = Cell(jnp.asarray(0.01))
+    twin = tj.StateSpaceModel(cell, tj.GaussianObservation(cell.observe, 1e-6 * jnp.eye(1)), dt=1.0, control_dim=1)
+    edited = eqx.tree_at(lambda m: m.dynamics.r0_ohm, twin, jnp.asarray(0.5))
+    x, u = jnp.array([4.0]), jnp.array([2.0])
+    np.testing.assert_allclose(edited.observation.mean(0.0, x, u), [3.0])
+    spec = tj.Params({"dynamics.r0_ohm": tj.positive(prior=dist.LogNormal(-3.0, 0.5))})
+    phi = spec.sample(key, twin)
+    drawn = spec.with_values(twin, phi)
+    np.testing.assert_allclose(drawn.observation.mean(0.0, x, u), 4.0 - 2.0 * phi, rtol=1e-12)
+    # editing the noise covariance through the property still works
+    noisier = eqx.tree_at(lambda m: m.observation.cov, twin, jnp.eye(1))
+    np.testing.assert_allclose(noisier.observation.cov, jnp.eye(1))

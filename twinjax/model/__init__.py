@@ -5,6 +5,7 @@ from .distributions import AbstractInitial, Gaussian, PointMass, gaussian_log_pr
 from .dynamics import AbstractDiscreteDynamics, AbstractDynamics, AbstractSDEDynamics
 from .observation import (
     AbstractObservation,
+    DynamicsMethod,
     GaussianObservation,
     LinearFunction,
     masked_gaussian_log_prob,
@@ -22,6 +23,7 @@ __all__ = [
     "AbstractSDEDynamics",
     "AbstractStateSpaceModel",
     "Discretisation",
+    "DynamicsMethod",
     "Gaussian",
     "GaussianObservation",
     "LinearDynamics",

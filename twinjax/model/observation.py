@@ -116,3 +116,20 @@ class LinearFunction(eqx.Module):
 
     def __call__(self, t: Time, x: State, u: Control) -> Obs:
         return self.C @ x + self.D @ u
+
+
+class DynamicsMethod(eqx.Module):
+    """A sensor function that is a method of the twin's dynamics, e.g. ``battery.observe``.
+
+    :class:`~twinjax.StateSpaceModel` stores a bound method of its own dynamics in this form and binds it to the
+    *current* dynamics whenever the sensor is used, so a parameter edited on the dynamics (by ``eqx.tree_at``, a
+    :class:`~twinjax.Params` draw or an optimiser) is seen by the sensor too — the chapter's ``p(y | x, φ)``.
+    """
+
+    name: str = eqx.field(static=True)
+    dynamics: eqx.Module | None = None
+
+    def __call__(self, t: Time, x: State, u: Control) -> Obs:
+        if self.dynamics is None:
+            raise RuntimeError(f"DynamicsMethod({self.name!r}) is not bound to a dynamics object.")
+        return getattr(self.dynamics, self.name)(t, x, u)

@@ -24,7 +24,7 @@ from .._types import Array, Control, Float, Int, Key, State, Time
 from .discretisation import Discretisation
 from .distributions import AbstractInitial, Gaussian, PointMass, _psd_sqrt
 from .dynamics import AbstractDiscreteDynamics, AbstractDynamics, AbstractSDEDynamics
-from .observation import AbstractObservation, GaussianObservation, LinearFunction
+from .observation import AbstractObservation, DynamicsMethod, GaussianObservation, LinearFunction
 from .status import Status, from_diffrax
 
 
@@ -108,7 +108,7 @@ class StateSpaceModel(AbstractStateSpaceModel):
     """
 
     dynamics: AbstractDynamics | AbstractDiscreteDynamics
-    observation: AbstractObservation | None
+    _observation: AbstractObservation | None
     initial: AbstractInitial | None
     dt: float | None
     process_noise: Float[Array, "state state"] | None
@@ -152,13 +152,25 @@ class StateSpaceModel(AbstractStateSpaceModel):
             check_covariance(process_noise, "process_noise")
         if not isinstance(control_dim, int) or control_dim < 0:
             raise ValueError(f"`control_dim` must be a non-negative integer, got {control_dim!r}.")
+        fn = getattr(observation, "fn", None)
+        if fn is not None and getattr(fn, "__self__", None) is dynamics:
+            # the sensor is a method of the dynamics: store it unbound so it always sees the current parameters
+            observation = eqx.tree_at(lambda o: o.fn, observation, DynamicsMethod(fn.__func__.__name__))
         self.dynamics = dynamics
-        self.observation = observation
+        self._observation = observation
         self.initial = initial
         self.dt = dt
         self.process_noise = process_noise
         self.control_dim = control_dim
         self.discretisation = Discretisation() if discretisation is None else discretisation
+
+    @property
+    def observation(self) -> AbstractObservation | None:
+        """The sensor model (a sensor method of the dynamics is bound to the current ``dynamics``)."""
+        obs = self._observation
+        if isinstance(getattr(obs, "fn", None), DynamicsMethod):
+            return eqx.tree_at(lambda o: o.fn, obs, DynamicsMethod(obs.fn.name, self.dynamics))
+        return obs
 
     def _interval_fraction(self, t0, t1):
         return (t1 - t0) / self.dt if self.dt is not None else jnp.ones_like(t1 - t0)

@@ -260,8 +260,10 @@ def ensemble(
             if substeps != 1:
                 raise ValueError("Discrete-time twins take one transition per interval: use substeps=1.")
         if n_times > 1 and is_concrete(ts):
-            gaps = np.diff(np.asarray(ts))
-            if not np.allclose(gaps, gaps[0], rtol=1e-9, atol=0):
+            t = np.asarray(ts)
+            gaps = np.diff(t)
+            # evenly spaced up to the rounding of the times themselves (a float32 arange is not exactly even)
+            if not np.allclose(gaps, gaps.mean(), rtol=1e-9, atol=16 * np.finfo(t.dtype).eps * np.abs(t).max()):
                 raise ValueError("method='fused' needs evenly spaced `ts`; use method='diffrax' for irregular times.")
     sharding = member_sharding() if shard else None
     batched = {"x0": x0, "phis": phis, "us": us if per_member_u else None}

@@ -1,0 +1,41 @@
+"""Concrete physical systems implementing twinjax's dynamics interfaces.
+
+Each model is a small equinox module whose physical parameters are its fields (units in the names), so ``jax.grad``
+with respect to the model is the sensitivity to the physics. Factory functions ``*_twin`` wrap a model into a
+``twinjax.StateSpaceModel`` with a typical sensor.
+"""
+
+from .battery import TheveninBattery, battery_twin, cell_5Ah, pybamm_ecm_example
+from .degradation import Degradation, degradation_twin
+from .hvac import Building2R2C, building_twin, stack_inputs, synthetic_occupancy, synthetic_weather
+from .lookup import Lookup
+from .lorenz import Lorenz63, Lorenz63SDE, Lorenz96, lorenz63_twin, lorenz96_twin
+from .oscillator import MassSpringDamper, oscillator_twin
+from .pendulum import Pendulum, pendulum_twin
+from .pump import DCMotorPump, pump_twin
+
+__all__ = [
+    "Building2R2C",
+    "DCMotorPump",
+    "Degradation",
+    "Lookup",
+    "Lorenz63",
+    "Lorenz63SDE",
+    "Lorenz96",
+    "MassSpringDamper",
+    "Pendulum",
+    "TheveninBattery",
+    "battery_twin",
+    "building_twin",
+    "cell_5Ah",
+    "degradation_twin",
+    "lorenz63_twin",
+    "lorenz96_twin",
+    "oscillator_twin",
+    "pendulum_twin",
+    "pump_twin",
+    "pybamm_ecm_example",
+    "stack_inputs",
+    "synthetic_occupancy",
+    "synthetic_weather",
+]

@@ -1,0 +1,18 @@
+"""Every notebook (jupytext py:percent) executes, at a tiny size."""
+
+import pathlib
+import runpy
+
+import pytest
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).parents[2] / "notebooks").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, monkeypatch):
+    monkeypatch.setenv("TWINJAX_NOTEBOOK_MEMBERS", "16")
+    runpy.run_path(str(path), run_name="__main__")
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
