@@ -63,10 +63,28 @@ def _member_dynamics(model, spec, phi):
     return model.dynamics if spec is None else spec.with_values(model, phi).dynamics
 
 
+# Sizes that keep the fused kernel's working set in cache (CPU): a block of members advances through all its steps
+# before the next block starts, and SDE increments are drawn for several substeps at once.
+_BLOCK_BYTES = 96 * 1024  # one (state, block) float64 array
+_NOISE_CHUNK_BYTES = 1 << 20  # one chunk of Brownian increments (chunk, noise, block)
+
+
+def _block_size(members: int, state: int) -> int:
+    """Members per block: a power of two with ``state × block × 8 B ≈ _BLOCK_BYTES`` (all members when few)."""
+    block = max(256, 1 << (int(_BLOCK_BYTES // (8 * max(state, 1))).bit_length() - 1))
+    return members if members <= 2 * block else block
+
+
+def _noise_chunk(substeps: int, members: int, noise: int) -> int:
+    """The largest divisor of ``substeps`` whose increments fit in ``_NOISE_CHUNK_BYTES`` (1: one draw per step)."""
+    cap = max(1, _NOISE_CHUNK_BYTES // (8 * members * max(noise, 1)))
+    return max(c for c in range(1, min(cap, substeps) + 1) if substeps % c == 0)
+
+
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)
-def _fused(model, x0s, phis, spec, us, ts, substeps, tableau, key, observe, progress):
-    members = x0s.shape[0]
+def _fused(model, x0s, phis, spec, us, ts, substeps, tableau, key, observe, progress, n_shards=1):
+    members, n_state = x0s.shape
     n_save = ts.shape[0]
     h = (ts[-1] - ts[0]) / (n_save - 1) if n_save > 1 else jnp.zeros((), ts.dtype)
     dt = h / substeps
@@ -76,51 +94,96 @@ def _fused(model, x0s, phis, spec, us, ts, substeps, tableau, key, observe, prog
     discrete = isinstance(dyn, AbstractDiscreteDynamics)
     shared_u = us is None or us.ndim == 2
     u_dim = model.control_dim if us is None else us.shape[-1]
-
-    def controls_at(k):
-        if us is None:
-            return jnp.zeros((members, u_dim), x0s.dtype)
-        return jnp.broadcast_to(us[k], (members, u_dim)) if shared_u else us[:, k]
-
-    def member_map(fn, t, X, U):
-        if phis is None:
-            return jax.vmap(lambda x, u: fn(dyn, t, x, u))(X, U)
-        return jax.vmap(lambda p, x, u: fn(_member_dynamics(model, spec, p), t, x, u))(phis, X, U)
-
-    def drift(t, X, U):
-        return member_map(lambda d, t, x, u: d.vector_field(t, x, u), t, X, U)
-
-    def one_step(i, X, t, U):
-        if discrete:
-            return member_map(lambda d, t, x, u: d.transition(t, x, u), t, X, U)
-        if sde:
-            G = member_map(lambda d, t, x, u: d.diffusion(t, x, u), t, X, U)
-            dW = jnp.sqrt(dt) * jax.random.normal(jax.random.fold_in(k_noise, i), (members, G.shape[-1]), X.dtype)
-            return X + dt * drift(t, X, U) + jnp.einsum("mij,mj->mi", G, dW)
-        return rk_step(lambda s, Y: drift(s, Y, U), t, X, dt, tableau)
+    # blocks are cut inside every shard: each lax.map iteration advances one block per device, in parallel
+    per_shard = -(-members // n_shards)
+    block = _block_size(per_shard, n_state)
+    n_blocks = -(-per_shard // block)
 
     q_root = None
     if getattr(model, "process_noise", None) is not None:
         frac = h / model.dt if model.dt is not None else 1.0
         q_root = _psd_sqrt(model.process_noise * frac)
 
-    def interval(X, k):
-        U = controls_at(k)
-        t_start = ts[0] + k * h
+    def run_block(x0b, phib, ub, b):
+        """Advance one block of members through every save interval; returns ``(time - 1, state, block)``."""
+        nm = x0b.shape[0]
+        kb_noise = k_noise if n_blocks == 1 else jax.random.fold_in(k_noise, b)
+        kb_proc = k_proc if n_blocks == 1 else jax.random.fold_in(k_proc, b)
+        n_noise = 0
+        if sde:
+            u0 = jnp.zeros((u_dim,), x0s.dtype)
+            n_noise = jax.eval_shape(lambda x: dyn.diffusion(ts[0], x, u0), x0b[0]).shape[1]
+        chunk = _noise_chunk(substeps, nm, n_noise) if sde else 1
 
-        def sub(j, Y):
-            return one_step(k * substeps + j, Y, t_start + j * dt, U)
+        def controls_at(k):
+            if us is None:
+                return jnp.zeros((nm, u_dim), x0s.dtype)
+            return jnp.broadcast_to(us[k], (nm, u_dim)) if shared_u else ub[:, k]
 
-        X = sub(0, X) if substeps == 1 else jax.lax.fori_loop(0, substeps, sub, X)
-        if q_root is not None:
-            Z = jax.random.normal(jax.random.fold_in(k_proc, k), X.shape, X.dtype)
-            X = X + Z @ q_root.T
-        if progress:
-            _progress.tick(k, n_save - 1, desc="ensemble")
-        return X, X
+        # The batch is state-major, (state, members): per-member functions are vmapped over its last axis, so each
+        # elementwise op of a vector field runs on a contiguous row of members and no transposes enter the loop.
+        def member_map(fn, t, X, U):
+            if phib is None:
+                return jax.vmap(lambda x, u: fn(dyn, t, x, u), in_axes=(-1, 0), out_axes=-1)(X, U)
+            return jax.vmap(
+                lambda p, x, u: fn(_member_dynamics(model, spec, p), t, x, u), in_axes=(0, -1, 0), out_axes=-1
+            )(phib, X, U)
 
-    _, saved = jax.lax.scan(interval, x0s, jnp.arange(n_save - 1))
-    xs = jnp.concatenate([x0s[None], saved]).swapaxes(0, 1)
+        def drift(t, X, U):
+            return member_map(lambda d, t, x, u: d.vector_field(t, x, u), t, X, U)
+
+        def em_step(t, X, U, dW):
+            G = member_map(lambda d, t, x, u: d.diffusion(t, x, u), t, X, U)  # (state, noise, members)
+            return X + dt * drift(t, X, U) + jnp.einsum("ijm,jm->im", G, dW)
+
+        def interval(X, k):
+            U = controls_at(k)
+            t_start = ts[0] + k * h
+            if discrete:
+                X = member_map(lambda d, t, x, u: d.transition(t, x, u), t_start, X, U)
+            elif sde:
+
+                def chunk_step(c, Y):
+                    kc = jax.random.fold_in(kb_noise, k * (substeps // chunk) + c)
+                    # drawn member-major: with partitionable threefry a member's increments do not depend on the
+                    # number of members (padding for sharding leaves them unchanged)
+                    dW = jnp.sqrt(dt) * jax.random.normal(kc, (nm, chunk, n_noise), Y.dtype).transpose(1, 2, 0)
+                    step = lambda j, Z: em_step(t_start + (c * chunk + j) * dt, Z, U, dW[j])
+                    return step(0, Y) if chunk == 1 else jax.lax.fori_loop(0, chunk, step, Y)
+
+                n_chunks = substeps // chunk
+                X = chunk_step(0, X) if n_chunks == 1 else jax.lax.fori_loop(0, n_chunks, chunk_step, X)
+            else:
+                step = lambda j, Y: rk_step(lambda s, Z: drift(s, Z, U), t_start + j * dt, Y, dt, tableau)
+                X = step(0, X) if substeps == 1 else jax.lax.fori_loop(0, substeps, step, X)
+            if q_root is not None:
+                Z = jax.random.normal(jax.random.fold_in(kb_proc, k), (nm, n_state), X.dtype)  # member-major, as dW
+                X = X + q_root @ Z.T
+            if progress:
+                _progress.tick(k, n_save - 1, desc="ensemble")
+            return X, X
+
+        return jax.lax.scan(interval, x0b.T, jnp.arange(n_save - 1))[1]
+
+    us_m = None if shared_u else us
+    if n_blocks == 1:
+        saved = run_block(x0s, phis, us_m, 0)
+    else:
+        pad = n_shards * n_blocks * block - members
+
+        def blocks(a):  # (members, ...) -> (n_blocks, n_shards * block, ...): iteration j holds block j of each shard
+            if a is None:
+                return None
+            if pad:
+                a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+            rest = a.shape[1:]
+            a = a.reshape(n_shards, n_blocks, block, *rest).swapaxes(0, 1)
+            return a.reshape(n_blocks, n_shards * block, *rest)
+
+        saved = jax.lax.map(lambda a: run_block(*a), (blocks(x0s), blocks(phis), blocks(us_m), jnp.arange(n_blocks)))
+        saved = saved.reshape(n_blocks, n_save - 1, n_state, n_shards, block).transpose(1, 2, 3, 0, 4)
+        saved = saved.reshape(n_save - 1, n_state, n_shards * n_blocks * block)[..., :members]
+    xs = jnp.concatenate([x0s.T[None], saved]).transpose(2, 0, 1)
     status = jnp.where(jnp.all(jnp.isfinite(xs), axis=(1, 2)), Status.successful, Status.nonfinite).astype(jnp.int32)
     ys = None
     obs = model.observation
@@ -271,7 +334,8 @@ def ensemble(
     x0s, phis_p = batched["x0"], batched["phis"]
     us_in = batched["us"] if per_member_u else us
     if method == "fused":
-        traj = _fused(model, x0s, phis_p, params, us_in, ts, substeps, tableau, k_run, observe, progress)
+        n_shards = 1 if sharding is None else sharding.mesh.devices.size
+        traj = _fused(model, x0s, phis_p, params, us_in, ts, substeps, tableau, k_run, observe, progress, n_shards)
     else:
         keys = jax.random.split(k_run, padded)
         if sharding is not None:
