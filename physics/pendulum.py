@@ -72,9 +72,16 @@ def _angle(t: Float[ArrayLike, ""], x: Float[Array, " 2"], u: Float[Array, " con
 
 
 def pendulum_twin(
-    pendulum: Pendulum | None = None, *, dt: float = 0.05, angle_sd_rad: float = 0.05
+    pendulum: Pendulum | None = None,
+    *,
+    dt: float = 0.05,
+    angle_sd_rad: float = 0.05,
+    process_noise: ArrayLike | None = None,
 ) -> tj.StateSpaceModel:
     """A pendulum twin: angle measured with Gaussian noise every ``dt`` (s), torque input ``u = [τ]``.
+
+    ``process_noise``: optional additive process-noise covariance per interval ``dt`` (a ``(2, 2)`` matrix or the
+    two variances), the model error a filter should allow for.
 
     Initial belief ``N([1, 0], diag(0.1², 0.1²))`` (rad, rad/s). Default pendulum: :class:`Pendulum` ``()``.
 
@@ -89,5 +96,6 @@ def pendulum_twin(
         tj.GaussianObservation(_angle, jnp.array([[angle_sd_rad**2]])),
         tj.Gaussian(jnp.array([1.0, 0.0]), jnp.diag(jnp.array([0.1**2, 0.1**2]))),
         dt,
+        process_noise=process_noise,
         control_dim=1,
     )

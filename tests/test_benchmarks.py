@@ -12,6 +12,7 @@ from benchmarks import _harness, ensemble
 from benchmarks.__main__ import available, main
 
 ENSEMBLE_BASELINES = {"numpy", "diffrax_vmap", "scipy", "floor", "ou_raw_scan"}
+FILTER_BASELINES = {"dynamax_ekf", "dynamax_ukf", "filterpy_ekf", "filterpy_ukf"}
 
 
 def test_registry_discovers_benchmarks(capsys):
@@ -92,3 +93,37 @@ def test_memory_child_reports_peak_memory():
     out = ensemble.memory_child(members=256, steps=5, dt=0.01, seed=0)
     assert out["successful_members"] == 256
     assert 0 < out["peak_memory_gb"] < 64 and out["run_s"] > 0 and out["first_s"] > 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:tensorflow_probability.*")
+def test_filters_quick_json(tmp_path):
+    path = tmp_path / "filters.json"
+    assert main(["filters", "--quick", "--only", "pendulum", "--json", str(path)]) == 0
+    res = json.loads(path.read_text())
+
+    assert {"times_s", "compile_s", "speedup", "targets", "checks", "traces", "env"} <= set(res)
+    assert res["sections"] == ["pendulum"]
+    times, cfg = res["times_s"], res["config"]
+    cases = {f"{lib}_{kind}" for lib in ("twinjax", "dynamax", "filterpy") for kind in ("ekf", "ukf")}
+    assert cases <= set(times) and all(v > 0 and math.isfinite(v) for v in times.values())
+    assert set(res["compile_s"]) == {f"{lib}_{kind}" for lib in ("twinjax", "dynamax") for kind in ("ekf", "ukf")}
+    assert all(len(runs) == cfg["repeats"] for runs in res["runs_s"].values())
+
+    # speedup = baseline / twinjax of the same filter; filterpy is timed on a few sequences and extrapolated
+    speedup = res["speedup"]
+    assert set(speedup) == FILTER_BASELINES
+    for name in FILTER_BASELINES:
+        kind = name.split("_")[1]
+        assert speedup[name] == pytest.approx(times[name] / times[f"twinjax_{kind}"])
+    for kind in ("ekf", "ukf"):
+        scale = cfg["sequences"] / cfg["filterpy_sequences"]
+        assert times[f"filterpy_{kind}"] == pytest.approx(times[f"filterpy_{kind}_measured"] * scale)
+    assert set(res["targets"]) == FILTER_BASELINES
+    assert all(isinstance(entry["met"], bool) for entry in res["targets"].values())
+
+    # the same filter in every library: means agree (filterpy to rounding), each JAX case traced once
+    checks = res["checks"]
+    assert all(v["ok"] if isinstance(v, dict) else v for v in checks.values())
+    assert checks["filterpy_ekf_max_abs_diff_means"]["value"] < 1e-10
+    assert checks["filterpy_ukf_max_abs_diff_means"]["value"] < 1e-10
+    assert res["traces"] and all(n == 1 for n in res["traces"].values())
