@@ -76,7 +76,7 @@ def _moments(state, info):
 
 def _particle_moments(state, info):
     # the weighted cloud before resampling: the lower-variance estimate (what `particle_filter` reports)
-    mean = jax.nn.softmax(info.log_weights) @ info.particles
+    mean = particle.weighted_mean(info.particles, info.log_weights)
     return mean, particle.weighted_covariance(info.particles, info.log_weights)
 
 
