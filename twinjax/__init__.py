@@ -37,6 +37,8 @@ from .simulate import (
     simulate,
 )
 
+from . import inference as inference
+
 try:
     __version__ = version("twinjax")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -63,6 +65,7 @@ __all__ = [
     "Tableau",
     "Trajectory",
     "ensemble",
+    "inference",
     "interval",
     "parameters_as_arrays",
     "positive",
