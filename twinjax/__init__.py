@@ -6,6 +6,7 @@ decisions and causal queries. This module only re-exports the public API.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import inference as inference
 from .model import (
     AbstractDiscreteDynamics,
     AbstractDynamics,
@@ -36,8 +37,6 @@ from .simulate import (
     raise_if_failed,
     simulate,
 )
-
-from . import inference as inference
 
 try:
     __version__ = version("twinjax")

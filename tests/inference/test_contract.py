@@ -5,8 +5,8 @@ On one linear-Gaussian twin with a control input and missing data (single channe
 - the Kalman filter's log-likelihood equals the dense joint-Gaussian log-density of the observed entries (truth);
 - every filter's means equal the Kalman filter's — to rounding for the Gaussian filters (KF, parallel KF, EKF, UKF),
   within Monte-Carlo error for the consistent ensemble and particle filters (stochastic EnKF, ETKF, PF; the DEnKF's
-  analysis covariance ``(I - KH)P + KHPHᵀKᵀ/4`` is deliberately inflated, so it is checked in ``test_ensemble.py``) (the bound scales as ``1/√N``, and the same check
-  with a tenth of the members is looser, so the bound is not vacuous);
+  analysis covariance ``(I - KH)P + KHPHᵀKᵀ/4`` is deliberately inflated, so it is checked in ``test_ensemble.py``);
+  the bound scales as ``1/√N``, and the same check with a tenth of the members is looser, so it is not vacuous;
 - the log-likelihood likewise;
 - same key, same result; a second call with new data of the same shape does not recompile;
 - bad input is a ``ValueError`` naming the argument.

@@ -17,17 +17,17 @@ import scipy.stats
 import twinjax as tj
 from twinjax.inference import (
     GaussianFilterResult,
+    kalman as kalman_module,
     kalman_filter,
     kf_init,
     kf_predict,
     kf_step,
     kf_update,
+    parallel as parallel_module,
     parallel_kalman_filter,
     parallel_rts_smoother,
     rts_smoother,
 )
-from twinjax.inference import kalman as kalman_module
-from twinjax.inference import parallel as parallel_module
 from twinjax.model.observation import LinearFunction
 from twinjax.model.ssm import LinearDynamics
 

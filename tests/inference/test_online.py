@@ -21,6 +21,7 @@ from twinjax.inference import (
     extended_kalman_filter,
     filter_names,
     kalman_filter,
+    online as online_module,
     read_sensor_log,
     register_filter,
     ukf_init,
@@ -30,7 +31,6 @@ from twinjax.inference import (
     unscented_kalman_filter,
     write_sensor_log,
 )
-from twinjax.inference import online as online_module
 from twinjax.inference.ensemble import ensemble_kalman_filter
 from twinjax.inference.particle import particle_filter
 

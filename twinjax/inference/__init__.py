@@ -12,7 +12,19 @@ from ._base import (
     Innovation as Innovation,
     SmootherResult as SmootherResult,
 )
-
+from .ensemble import (
+    EnsembleFilterResult as EnsembleFilterResult,
+    EnsembleFilterState as EnsembleFilterState,
+    EnsembleInnovation as EnsembleInnovation,
+    Localisation as Localisation,
+    enkf_init as enkf_init,
+    enkf_predict as enkf_predict,
+    enkf_step as enkf_step,
+    enkf_update as enkf_update,
+    ensemble_kalman_filter as ensemble_kalman_filter,
+    gaspari_cohn as gaspari_cohn,
+    localisation as localisation,
+)
 from .kalman import (
     kalman_filter as kalman_filter,
     kf_init as kf_init,
@@ -20,10 +32,6 @@ from .kalman import (
     kf_step as kf_step,
     kf_update as kf_update,
     rts_smoother as rts_smoother,
-)
-from .parallel import (
-    parallel_kalman_filter as parallel_kalman_filter,
-    parallel_rts_smoother as parallel_rts_smoother,
 )
 from .nonlinear import (
     ekf_init as ekf_init,
@@ -38,18 +46,17 @@ from .nonlinear import (
     ukf_update as ukf_update,
     unscented_kalman_filter as unscented_kalman_filter,
 )
-from .ensemble import (
-    EnsembleFilterResult as EnsembleFilterResult,
-    EnsembleFilterState as EnsembleFilterState,
-    EnsembleInnovation as EnsembleInnovation,
-    Localisation as Localisation,
-    enkf_init as enkf_init,
-    enkf_predict as enkf_predict,
-    enkf_step as enkf_step,
-    enkf_update as enkf_update,
-    ensemble_kalman_filter as ensemble_kalman_filter,
-    gaspari_cohn as gaspari_cohn,
-    localisation as localisation,
+from .online import (
+    FilterFamily as FilterFamily,
+    Forecast as Forecast,
+    OnlineHistory as OnlineHistory,
+    OnlineTwin as OnlineTwin,
+    filter_names as filter_names,
+    register_filter as register_filter,
+)
+from .parallel import (
+    parallel_kalman_filter as parallel_kalman_filter,
+    parallel_rts_smoother as parallel_rts_smoother,
 )
 from .particle import (
     ParticleFilterResult as ParticleFilterResult,
@@ -61,14 +68,6 @@ from .particle import (
     pf_step as pf_step,
     pf_update as pf_update,
     systematic_resample as systematic_resample,
-)
-from .online import (
-    FilterFamily as FilterFamily,
-    Forecast as Forecast,
-    OnlineHistory as OnlineHistory,
-    OnlineTwin as OnlineTwin,
-    filter_names as filter_names,
-    register_filter as register_filter,
 )
 from .sensorlog import (
     SensorLog as SensorLog,

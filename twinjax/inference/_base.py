@@ -15,6 +15,7 @@ rows of the gain for missing channels are zero, the innovation covariance has th
 log-likelihood is the exact marginal over the observed channels. A fully missing ``y`` is a predict-only step.
 """
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,8 @@ import numpy as np
 
 from .._checks import as_float_array, check_finite_leaves, check_times, is_concrete
 from .._types import Array, Bool, Float, Int, Obs, Scalar, State
-from ..model.ssm import AbstractStateSpaceModel
+from ..model.dynamics import AbstractDiscreteDynamics
+from ..model.ssm import AbstractStateSpaceModel, StateSpaceModel
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -40,6 +42,21 @@ def check_model(model, name: str = "model") -> AbstractStateSpaceModel:
         )
     if model.observation is None:
         raise ValueError(f"`{name}` has no `observation`: a filter needs a sensor model (e.g. tj.GaussianObservation).")
+    return model
+
+
+def forward_differentiable(model):
+    """``model`` with a diffrax adjoint that supports ``jax.jacfwd`` (and reverse mode on top of it).
+
+    ``RecursiveCheckpointAdjoint`` (the default) is a ``custom_vjp``: forward mode cannot go through it.
+    ``DirectAdjoint`` takes the same steps and supports both modes. Any other adjoint the user chose is kept.
+    """
+    if (
+        isinstance(model, StateSpaceModel)
+        and not isinstance(model.dynamics, AbstractDiscreteDynamics)
+        and isinstance(model.discretisation.adjoint, diffrax.RecursiveCheckpointAdjoint)
+    ):
+        return eqx.tree_at(lambda m: m.discretisation.adjoint, model, diffrax.DirectAdjoint())
     return model
 
 
@@ -137,12 +154,10 @@ def gaussian_update(
     S_m = mask_covariance(symmetrise(S), mask)
     C_m = jnp.where(mask[None, :], C, 0.0)
     chol = jnp.linalg.cholesky(S_m)
-    # K = C S^-1 via two triangular solves on Kᵀ
-    Kt = jax.scipy.linalg.cho_solve((chol, True), C_m.T)
-    K = Kt.T
+    K, z = _gain_and_whitened(chol, C_m, r)
     m_new = m + K @ r
     P_new = symmetrise(P - K @ S_m @ K.T)
-    return m_new, P_new, Innovation(r, S_m, mask, _log_normal(r, chol, mask))
+    return m_new, P_new, Innovation(r, S_m, mask, _log_normal(z, chol, mask))
 
 
 def joseph_update(
@@ -159,18 +174,31 @@ def joseph_update(
     PHt = P @ H_m.T
     S_m = mask_covariance(symmetrise(H_m @ PHt + R_m), mask)
     chol = jnp.linalg.cholesky(S_m)
-    K = jax.scipy.linalg.cho_solve((chol, True), PHt.T).T
+    K, z = _gain_and_whitened(chol, PHt, r)
     K = jnp.where(mask[None, :], K, 0.0)
     m_new = m + K @ r
     I_KH = jnp.eye(m.shape[0], dtype=P.dtype) - K @ H_m
     R_obs = jnp.where(mask[:, None] & mask[None, :], R_m, 0.0)
     P_new = symmetrise(I_KH @ P @ I_KH.T + K @ R_obs @ K.T)
-    return m_new, P_new, Innovation(r, S_m, mask, _log_normal(r, chol, mask))
+    return m_new, P_new, Innovation(r, S_m, mask, _log_normal(z, chol, mask))
 
 
-def _log_normal(r, chol, mask) -> Scalar:
-    z = jax.scipy.linalg.solve_triangular(chol, r, lower=True)
-    n_obs = jnp.sum(mask).astype(r.dtype)
+def _gain_and_whitened(chol, C, r):
+    """``K = C S⁻¹`` and ``z = L⁻¹ r`` (``S = L Lᵀ``) from ONE chain of triangular solves.
+
+    One forward solve on the stacked right-hand side ``[Cᵀ | r]`` then one backward solve: the two solves depend on
+    each other, so XLA never runs two batched triangular solves concurrently — with jaxlib 0.10 on a 2-core CPU two
+    independent batched solves in one program can deadlock the intra-op thread pool (observed under ``vmap``).
+    """
+    rhs = jnp.concatenate([C.T, r[:, None]], axis=1)
+    w = jax.scipy.linalg.solve_triangular(chol, rhs, lower=True)
+    Kt = jax.scipy.linalg.solve_triangular(chol.T, w[:, :-1], lower=False)
+    return Kt.T, w[:, -1]
+
+
+def _log_normal(z, chol, mask) -> Scalar:
+    """``log N`` of a whitened residual ``z = L⁻¹ r`` over the observed channels."""
+    n_obs = jnp.sum(mask).astype(z.dtype)
     return -0.5 * (z @ z) - jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * n_obs * LOG_2PI
 
 

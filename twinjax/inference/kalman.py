@@ -21,7 +21,6 @@ References:
     R. S. Bucy, P. D. Joseph, *Filtering for Stochastic Processes* (1968) (the Joseph-form update).
 """
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -30,7 +29,6 @@ from jax import lax
 
 from .._checks import as_float_array, check_covariance, check_square, is_concrete
 from .._types import Array, Float, Int, Obs, Scalar, State
-from ..model.dynamics import AbstractDiscreteDynamics
 from ..model.ssm import LinearGaussianSSM
 from ..model.status import Status
 from ._base import (
@@ -40,6 +38,7 @@ from ._base import (
     SmootherResult,
     check_model,
     default_control,
+    forward_differentiable,
     joseph_update,
     prepare_inputs,
     symmetrise,
@@ -49,27 +48,20 @@ from ._base import (
 # the model's linear(ised) pieces
 
 
-def _transition_jacobian_fn(model):
-    """``jax.jacfwd``, or ``jax.jacrev`` through a diffrax solve whose adjoint does not support forward mode."""
-    dyn = model.dynamics
-    if isinstance(dyn, AbstractDiscreteDynamics):
-        return jax.jacfwd
-    if isinstance(model.discretisation.adjoint, diffrax.ForwardMode):
-        return jax.jacfwd
-    return jax.jacrev
-
-
 def _transition(model, m: State, t0: Scalar, t1: Scalar, u: Float[Array, " control"]):
     """``(m⁻, F, status)``: the transition of the mean and its Jacobian."""
     if isinstance(model, LinearGaussianSSM):
         m1, status = model.transition_with_status(t0, t1, m, u)
         return m1, model.A, status
 
+    # forward mode through diffrax: DirectAdjoint (same steps) keeps reverse mode working on top (log-lik gradients)
+    model = forward_differentiable(model)
+
     def f(x):
         x1, status = model.transition_with_status(t0, t1, x, u)
         return x1, (x1, status)
 
-    F, (m1, status) = _transition_jacobian_fn(model)(f, has_aux=True)(m)
+    F, (m1, status) = jax.jacfwd(f, has_aux=True)(m)
     return m1, F, status
 
 
@@ -372,7 +364,9 @@ def kalman_filter(model, ys, us=None, ts=None, *, mean=None, cov=None, parallel:
         ys: measurements ``(T, obs)``; ``NaN`` marks a missing channel (a row of ``NaN``: a predict-only step).
         us: controls ``(T, control)`` (or ``(T-1, control)``); ``us[k]`` is in the sensor at ``ts[k]`` and held on
             ``[ts[k], ts[k+1])``. Required when ``model.control_dim > 0``.
-        ts: observation times ``(T,)``, strictly increasing (default ``dt * arange(T)``).
+        ts: observation times ``(T,)``, strictly increasing (default ``dt * arange(T)``). A continuous-time twin is
+            integrated over each actual interval; a ``LinearGaussianSSM`` applies ``A`` once per step whatever the
+            interval (its ``ts`` only label the steps).
         mean, cov: the prior at ``ts[0]`` (default ``model.initial``).
         parallel: use the parallel-in-time (associative-scan) filter, :func:`parallel_kalman_filter`
             (:class:`~twinjax.LinearGaussianSSM` only): ``O(log T)`` depth on parallel hardware.

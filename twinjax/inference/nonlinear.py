@@ -50,7 +50,6 @@ References:
     Chapter 000, "State Estimation"; chapter 001, "The Probabilistic Foundation of the Digital Twin".
 """
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -58,8 +57,6 @@ import numpy as np
 
 from .._checks import as_float_array, check_covariance, check_finite_leaves, check_square, is_concrete
 from .._types import Array, ArrayLike, Float, Obs
-from ..model.dynamics import AbstractDiscreteDynamics
-from ..model.ssm import StateSpaceModel
 from ..model.status import Status
 from ._base import (
     GaussianFilterResult,
@@ -68,6 +65,7 @@ from ._base import (
     SmootherResult,
     check_model,
     default_control,
+    forward_differentiable as _forward_differentiable,
     gaussian_update,
     joseph_update,
     prepare_inputs,
@@ -93,21 +91,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------------ shared pieces
-
-
-def _forward_differentiable(model):
-    """``model`` with a diffrax adjoint that supports ``jax.jacfwd`` (and reverse mode on top of it).
-
-    ``RecursiveCheckpointAdjoint`` (the default) is a ``custom_vjp``: forward mode cannot go through it.
-    ``DirectAdjoint`` takes the same steps and supports both modes. Any other adjoint the user chose is kept.
-    """
-    if (
-        isinstance(model, StateSpaceModel)
-        and not isinstance(model.dynamics, AbstractDiscreteDynamics)
-        and isinstance(model.discretisation.adjoint, diffrax.RecursiveCheckpointAdjoint)
-    ):
-        return eqx.tree_at(lambda m: m.discretisation.adjoint, model, diffrax.DirectAdjoint())
-    return model
 
 
 def _init(model, mean, cov, t0, u0) -> GaussianFilterState:

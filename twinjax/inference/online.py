@@ -36,8 +36,7 @@ from jax.scipy.special import ndtri
 from .._checks import as_float_array
 from .._types import Array, Bool, Float, Int, Scalar
 from ..model.status import Status
-from . import ensemble as ensemble_
-from . import kalman, nonlinear, particle
+from . import ensemble as ensemble_, kalman, nonlinear, particle
 from ._base import check_model
 from .sensorlog import SensorLog
 

@@ -40,10 +40,12 @@ from ..model.ssm import LinearGaussianSSM
 from ..model.status import Status
 from ._base import (
     GaussianFilterResult,
+    Innovation,
     SmootherResult,
+    _log_normal,
     check_model,
-    joseph_update,
     mask_covariance,
+    masked_residual,
     symmetrise,
 )
 from .kalman import _check_filter_result, _prepare
@@ -56,6 +58,13 @@ def _check_linear_gaussian(model) -> None:
             "`model` must be a tj.LinearGaussianSSM for the parallel (associative-scan) Kalman filter/smoother, got "
             f"{type(model).__name__}; use the sequential kalman_filter / rts_smoother for other twins."
         )
+
+
+# _no_concurrent_lapack: jaxlib 0.10's CPU LAPACK kernels split a batch over XLA's intra-op thread pool and block until
+# the chunks are done, so two independent batched LAPACK calls that XLA runs concurrently can occupy every pool thread
+# and deadlock (reproduced with two batched triangular solves of 1e5 4x4 systems on 2 cores; fixed upstream in later
+# jaxlib). Every batched factorisation or solve in this module therefore depends on the previous one: one vmapped
+# element computation, one solve per element, one inverse per combination, one solve per innovation.
 
 
 class _FilterElement(eqx.Module):
@@ -85,32 +94,36 @@ def _filter_element(
     u: Float[Array, " control"],
 ) -> _FilterElement:
     """The element of one step: transition ``x ↦ F x + c`` with noise ``Q``, then the (masked) measurement ``y``."""
+    n = F.shape[0]
     mask = ~jnp.isnan(y)
     both = mask[:, None] & mask[None, :]
     H = jnp.where(mask[:, None], model.C, 0.0)
     r = jnp.where(mask, jnp.where(mask, y, 0.0) - model.D @ u - H @ c, 0.0)
     S = mask_covariance(symmetrise(H @ Q @ H.T + model.R), mask)
     chol = jnp.linalg.cholesky(S)
-    K = jax.scipy.linalg.cho_solve((chol, True), H @ Q).T
-    I_KH = jnp.eye(F.shape[0], dtype=Q.dtype) - K @ H
-    R_obs = jnp.where(both, model.R, 0.0)
     HF = H @ F
+    # one solve for all right-hand sides: S⁻¹ [H Q, r, H F] (see _no_concurrent_lapack)
+    sol = jax.scipy.linalg.cho_solve((chol, True), jnp.concatenate([H @ Q, r[:, None], HF], axis=1))
+    K = sol[:, :n].T  # Q Hᵀ S⁻¹
+    I_KH = jnp.eye(n, dtype=Q.dtype) - K @ H
+    R_obs = jnp.where(both, model.R, 0.0)
     return _FilterElement(
         A=I_KH @ F,
         b=c + K @ r,
         C=symmetrise(I_KH @ Q @ I_KH.T + K @ R_obs @ K.T),
-        eta=HF.T @ jax.scipy.linalg.cho_solve((chol, True), r),
-        J=symmetrise(HF.T @ jax.scipy.linalg.cho_solve((chol, True), HF)),
+        eta=HF.T @ sol[:, n],
+        J=symmetrise(HF.T @ sol[:, n + 1 :]),
     )
 
 
 def _combine_filter(e1: _FilterElement, e2: _FilterElement) -> _FilterElement:
     """``e1 ⊗ e2`` with ``e1`` the earlier block (Lemma 8)."""
     eye = jnp.eye(e1.A.shape[-1], dtype=e1.A.dtype)
-    # C and J are symmetric, so I + J_j C_i = Wᵀ with W = I + C_i J_j: one LU factorisation serves both solves
-    lu = jax.scipy.linalg.lu_factor(eye + e1.C @ e2.J)
-    M = jax.scipy.linalg.lu_solve(lu, e2.A.T, trans=1).T  # A_j W⁻¹
-    N = jax.scipy.linalg.lu_solve(lu, e1.A).T  # A_iᵀ W⁻ᵀ
+    # C and J are symmetric, so I + J_j C_i = Wᵀ with W = I + C_i J_j, whose eigenvalues (those of I + C^½ J C^½) are
+    # >= 1: W is never singular. One inverse serves both products (see _no_concurrent_lapack).
+    W_inv = jnp.linalg.inv(eye + e1.C @ e2.J)
+    M = e2.A @ W_inv
+    N = e1.A.T @ W_inv.T
     return _FilterElement(
         A=M @ e1.A,
         b=M @ (e1.b + e1.C @ e2.eta) + e2.b,
@@ -120,24 +133,39 @@ def _combine_filter(e1: _FilterElement, e2: _FilterElement) -> _FilterElement:
     )
 
 
+def _innovation(
+    model: LinearGaussianSSM, m: State, P: Float[Array, "n n"], y: Obs, u: Float[Array, " control"]
+) -> Innovation:
+    """``log N(y; C m + D u, C P Cᵀ + R)`` over the observed channels (the sequential filter's :class:`Innovation`)."""
+    r, mask = masked_residual(y, model.C @ m + model.D @ u)
+    H = jnp.where(mask[:, None], model.C, 0.0)
+    S = mask_covariance(symmetrise(H @ P @ H.T + model.R), mask)
+    chol = jnp.linalg.cholesky(S)
+    z = jax.scipy.linalg.solve_triangular(chol, r, lower=True)
+    return Innovation(r, S, mask, _log_normal(z, chol, mask))
+
+
 @eqx.filter_jit
 def _parallel_filter(model: LinearGaussianSSM, ys, us, ts, mean, cov) -> GaussianFilterResult:
     A, B, Q = model.A, model.B, model.Q
-    first = _filter_element(model, jnp.zeros_like(A), mean, cov, ys[0], us[0])
-    rest = jax.vmap(lambda y, u_prev, u: _filter_element(model, A, B @ u_prev, Q, y, u))(ys[1:], us[:-1], us[1:])
-    elements = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, rest)
+    first = jnp.arange(ys.shape[0]) == 0
+    u_prev = jnp.concatenate([us[:1], us[:-1]], axis=0)
+
+    def element(is_first, y, u_prev, u):
+        # element 0 updates the prior directly: F = 0, c = m0, Q = P0 (one vmapped call: _no_concurrent_lapack)
+        F = jnp.where(is_first, jnp.zeros_like(A), A)
+        c = jnp.where(is_first, mean, B @ u_prev)
+        return _filter_element(model, F, c, jnp.where(is_first, cov, Q), y, u)
+
+    elements = jax.vmap(element)(first, ys, u_prev, us)
     scanned = lax.associative_scan(jax.vmap(_combine_filter), elements)
     ms, Ps = scanned.b, scanned.C
 
     m_preds = jnp.concatenate([mean[None], ms[:-1] @ A.T + us[:-1] @ B.T], axis=0)
     P_preds = jnp.concatenate([cov[None], _symmetrise_batch(A @ Ps[:-1] @ A.T + Q)], axis=0)
-    y_preds = m_preds @ model.C.T + us @ model.D.T
-    _, _, innovations = jax.vmap(lambda m, P, y, yp: joseph_update(m, P, y, yp, model.C, model.R))(
-        m_preds, P_preds, ys, y_preds
-    )
-    finite = jnp.all(jnp.isfinite(m_preds), axis=1)
-    status = jnp.where(finite, Status.successful, Status.nonfinite).astype(jnp.int32)
-    status = status.at[0].set(Status.successful)
+    innovations = jax.vmap(lambda m, P, y, u: _innovation(model, m, P, y, u))(m_preds, P_preds, ys, us)
+    status = jnp.where(jnp.all(jnp.isfinite(m_preds), axis=1), Status.successful, Status.nonfinite)
+    status = jnp.where(first, Status.successful, status).astype(jnp.int32)
     return GaussianFilterResult(
         ts=ts,
         means=ms,
