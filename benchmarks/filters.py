@@ -56,6 +56,7 @@ TARGETS = {  # speedup = baseline_s / twinjax_s: >= target means twinjax is at l
     "dynamax_ukf": (1.0, ">="),
     "filterpy_ekf": (100.0, ">="),
     "filterpy_ukf": (100.0, ">="),
+    "dapper_etkf": (30.0, ">="),
 }
 AGREEMENT_ATOL = {"dynamax": 1e-5, "filterpy": 1e-8}
 
@@ -70,10 +71,11 @@ class Config:
     filterpy_sequences: int = 2
     repeats: int = 7
     seed: int = 0
+    parallel_steps: int = 100_000
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(sequences=4, steps=50, filterpy_sequences=1, repeats=3)
+        return cls(sequences=4, steps=50, filterpy_sequences=1, repeats=3, parallel_steps=200)
 
 
 # ------------------------------------------------------------------------------------------------ the pendulum
@@ -294,6 +296,7 @@ def run_pendulum(cfg: Config, res: dict) -> None:
 
 # --------------------------------------------------------------------------------------------------- sections
 
+
 #: The benchmark's sections, run in this order: ``name: fn(cfg, res)``. A section times its cases, stores them in
 #: ``res["times_s"]`` / ``res["compile_s"]`` (via :func:`_record`), its speedups in ``res["speedup"]`` (the baseline
 #: keys of DESIGN.md), correctness in ``res["checks"]`` (entries with an ``"ok"`` flag or booleans), and its targets
@@ -302,8 +305,64 @@ def run_pendulum(cfg: Config, res: dict) -> None:
 #: - ``"lorenz96_etkf"``: Lorenz-96 ETKF (N = 24) against DAPPER on the same observations — speedup key
 #:   ``dapper_etkf`` (cycles per second ratio), RMSE agreement within 0.02 in ``checks``;
 #: - ``"parallel_kf"``: the sequential against the parallel (associative-scan) Kalman filter at T = 10⁵.
+def run_parallel_kf(cfg: Config, res: dict) -> None:
+    """Sequential (``lax.scan``) against parallel-in-time (associative-scan) Kalman filter on one long record.
+
+    A random stable 4-state, 2-sensor linear-Gaussian twin, ``cfg.parallel_steps`` observations, float64. On a CPU
+    the parallel filter does O(T log T) work for O(log T) depth, so parity is the expectation; it pays on a GPU.
+    Reported under ``times_s`` (``kf_sequential``, ``kf_parallel``) and ``info.parallel_over_sequential``.
+    """
+    import twinjax as tj
+    from twinjax import inference as inf
+
+    rng = np.random.default_rng(cfg.seed)
+    A = rng.normal(size=(4, 4))
+    A *= 0.95 / np.max(np.abs(np.linalg.eigvals(A)))
+    model = tj.LinearGaussianSSM(
+        A=A,
+        B=None,
+        C=rng.normal(size=(2, 4)),
+        D=None,
+        Q=0.1 * np.eye(4),
+        R=0.5 * np.eye(2),
+        m0=np.zeros(4),
+        P0=np.eye(4),
+    )
+    ts = jnp.arange(cfg.parallel_steps, dtype=jnp.float64)
+    ys = tj.simulate(model, None, ts, key=jax.random.key(cfg.seed)).ys
+    counters = {name: _harness.TraceCounter() for name in ("kf_sequential", "kf_parallel")}
+    seq = jax.jit(counters["kf_sequential"](lambda y: inf.kalman_filter(model, y)))
+    par = jax.jit(counters["kf_parallel"](lambda y: inf.parallel_kalman_filter(model, y)))
+    cases = {
+        "kf_sequential": (lambda: seq(ys).means, lambda: counters["kf_sequential"].count),
+        "kf_parallel": (lambda: par(ys).means, lambda: counters["kf_parallel"].count),
+    }
+    timed = _harness.time_interleaved(cases, cfg.repeats)
+    for name, (timing, _) in timed.items():
+        _record(res, name, timing)
+    diff = float(np.max(np.abs(np.asarray(timed["kf_sequential"][1]) - np.asarray(timed["kf_parallel"][1]))))
+    res["checks"]["parallel_kf_max_abs_diff_means"] = {"value": diff, "atol": 1e-8, "ok": bool(diff <= 1e-8)}
+    res["info"]["parallel_over_sequential"] = res["times_s"]["kf_sequential"] / res["times_s"]["kf_parallel"]
+    res["info"]["parallel_steps"] = cfg.parallel_steps
+
+
+def run_lorenz96_etkf(cfg: Config, res: dict) -> None:
+    """Lorenz-96 ETKF (N = 24) against DAPPER on the same observations (:mod:`benchmarks.filters_l96`)."""
+    from benchmarks import filters_l96
+
+    l96_cfg = filters_l96.Config.quick() if cfg.steps < 2000 else filters_l96.Config(single_core=False)
+    out = filters_l96.run(l96_cfg)
+    for key in ("times_s", "compile_s", "speedup"):
+        res[key].update(out[key])
+    res["info"]["lorenz96"] = {k: out[k] for k in ("rmse", "ms_per_cycle", "scored_cycles") if k in out}
+    diff = abs(out["rmse"]["twinjax_etkf"] - out["rmse"]["dapper_etkf"])
+    res["checks"]["lorenz96_rmse_difference"] = {"value": diff, "atol": 0.02, "ok": bool(diff <= 0.02)}
+
+
 SECTIONS: dict[str, Callable[[Config, dict], None]] = {
     "pendulum": run_pendulum,
+    "parallel_kf": run_parallel_kf,
+    "lorenz96_etkf": run_lorenz96_etkf,
 }
 
 
@@ -367,6 +426,19 @@ def print_report(res: dict) -> None:
         print(
             f"filterpy: {n} sequence(s) per repeat, one at a time, extrapolated x{cfg['sequences'] / n:g} "
             f"(measured {t['filterpy_ekf_measured']:.3f} s EKF, {t['filterpy_ukf_measured']:.3f} s UKF)."
+        )
+    if "kf_parallel" in t:
+        print(
+            f"Kalman filter, T = {res['info']['parallel_steps']}: sequential {t['kf_sequential']:.3f} s, parallel "
+            f"{t['kf_parallel']:.3f} s (compile {c['kf_sequential']:.1f} s / {c['kf_parallel']:.1f} s); "
+            f"parallel is {res['info']['parallel_over_sequential']:.2f}x the sequential speed on {res['env']['device']}"
+        )
+    if "twinjax_etkf" in t:
+        l96 = res["info"]["lorenz96"]
+        print(
+            f"Lorenz-96 ETKF N=24: twinjax {t['twinjax_etkf']:.3f} s, DAPPER {t['dapper_etkf']:.3f} s -> "
+            f"{res['speedup']['dapper_etkf']:.1f}x; analysis RMSE twinjax {l96['rmse']['twinjax_etkf']:.4f}, DAPPER "
+            f"{l96['rmse']['dapper_etkf']:.4f}"
         )
     for name, v in res["checks"].items():
         if isinstance(v, dict):
