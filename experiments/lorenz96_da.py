@@ -20,12 +20,16 @@ climatology                                                             3.6
 The EKF's inflation follows DAPPER's ``ExtKF(infl)``: the forecast covariance is multiplied by ``infl**dt`` (≈ 1.12
 per cycle for ``infl = 10``). twinjax's EKF has no inflation option, so the EKF runs on a copy of the transition whose
 *value* is unchanged and whose *Jacobian* is scaled by ``√(infl**dt)`` (``x + (s − 1)(x − stop_gradient(x))``), which
-gives exactly DAPPER's ``infl**dt · F P Fᵀ``. Climatology is DAPPER's: the time mean of the truth as the estimate.
+gives exactly DAPPER's ``infl**dt · F P Fᵀ``. The EKF itself is the textbook one (``F`` the exact Jacobian of the RK4
+step at the analysis mean); DAPPER's ``ExtKF`` uses ``expm(dt · ∂f/∂x)`` at the *forecast* mean instead, which is why
+twinjax's EKF scores somewhat better than DAPPER's 0.24 with the same inflation. Climatology is DAPPER's: the time mean
+of the truth as the estimate.
 
 The planetary-twin trade-off (accuracy against cost) is measured on the same model: the LETKF over state size
 (``Nx`` = 40, 400, 4000), the ETKF and LETKF over ensemble size, and the ETKF over the assimilation interval
-(observations every 1, 2, 4 model steps). Cost is the wall time per cycle with compilation excluded (every run is
-called twice with the same shapes; the second call is timed).
+(observations every 1, 2, 4 model steps). Cost is the wall time per cycle with compilation excluded (a run is called
+twice with the same shapes and the second call timed; the long particle-filter run is timed once, less a 2-cycle run
+that compiles the same program).
 Trade-off runs start the truth on the attractor (after ``spinup`` steps) and the ensemble around it with unit spread.
 """
 
@@ -211,12 +215,20 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def _run_with_cost(run, ys, ts):
-    """``run(ys, ts)`` twice: the first call compiles, the second is timed; returns ``(output, seconds per cycle,
-    compile seconds)`` (compile = first − second)."""
-    _, t_first = _timed(run, ys, ts)
-    out, t_run = _timed(run, ys, ts)
-    return out, t_run / (ys.shape[0] - 1), max(t_first - t_run, 0.0)
+def _run_with_cost(run, ys, ts, rerun_below_s: float = 20.0):
+    """``(output, seconds per cycle, compile seconds)`` of ``run(ys, ts)``, compilation excluded.
+
+    A run that took less than ``rerun_below_s`` is called again with the same shapes and the second call is timed
+    (compile = first − second). A long run (the particle filter) is not repeated: a 2-cycle run compiles the same
+    program, and the difference of the two calls divided by the cycle difference is the cost per cycle.
+    """
+    out, t_first = _timed(run, ys, ts)
+    cycles = ys.shape[0] - 1
+    if t_first < rerun_below_s:
+        _, t_run = _timed(run, ys, ts)
+        return out, t_run / cycles, max(t_first - t_run, 0.0)
+    _, t_tiny = _timed(run, ys[:3], ts[:3])
+    return out, max(t_first - t_tiny, 0.0) / (cycles - 2), t_tiny
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -425,20 +437,58 @@ def _figures(out: dict, fig_dir: pathlib.Path, config: Config) -> None:
     plt.close(fig)
 
     trade = out["tradeoff"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, group, label in (
-        (axes[0], "state_size", "nx"),
-        (axes[1], "ensemble_size", "members"),
-        (axes[2], "interval", "every_steps"),
-    ):
-        for name, row in trade[group].items():
-            ax.scatter(row["ms_per_cycle"], row["rmse"], s=25)
-            ax.annotate(name, (row["ms_per_cycle"], row["rmse"]), fontsize=7)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    rows = list(trade["state_size"].values())
+    if rows:
+        ax = axes[0]
+        nx = [r["nx"] for r in rows]
+        ax.plot(nx, [r["ms_per_cycle"] for r in rows], "o-", color="C0")
+        for r in rows:
+            ax.annotate(
+                f"RMSE {r['rmse']:.3f}",
+                (r["nx"], r["ms_per_cycle"]),
+                fontsize=8,
+                xytext=(4, -10),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("wall time per cycle (ms)")
+        ax.set_xlabel("state size Nx")
+        ax.set_ylabel("wall time per cycle (ms)")
+        ax.set_title(f"LETKF N = {config.letkf_members}: cost over state size")
+    ax = axes[1]
+    for method, colour in (("etkf", "C1"), ("letkf", "C2")):
+        rows = [r for name, r in trade["ensemble_size"].items() if name.startswith(method + "_")]
+        if rows:
+            ax.plot([r["members"] for r in rows], [r["rmse"] for r in rows], "o-", color=colour, label=method)
+            for r in rows:
+                ax.annotate(
+                    f"{r['ms_per_cycle']:.2g} ms",
+                    (r["members"], r["rmse"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+    ax.set_yscale("log")
+    ax.set_xlabel("ensemble size N")
+    ax.set_ylabel("analysis RMSE")
+    ax.set_title(f"Nx = {config.n}: accuracy over ensemble size")
+    ax.legend(fontsize=8)
+    rows = list(trade["interval"].values())
+    if rows:
+        ax = axes[2]
+        ax.plot([r["dt_obs"] for r in rows], [r["rmse"] for r in rows], "o-", color="C3")
+        for r in rows:
+            ax.annotate(
+                f"infl {r['inflation']}, {r['ms_per_cycle']:.2g} ms",
+                (r["dt_obs"], r["rmse"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlabel("time between observations (model units)")
         ax.set_ylabel("analysis RMSE")
-        ax.set_title(f"trade-off over {label}")
+        ax.set_title(f"ETKF N = {config.etkf_members}: accuracy over observation interval")
     fig.tight_layout()
     fig.savefig(fig_dir / "tradeoff.png", dpi=120)
     plt.close(fig)
