@@ -70,8 +70,7 @@ def run(cfg: Config) -> dict:
     """Run both cases and return the benchmark's result dictionary (the JSON written by ``--json``)."""
     import dapper.da_methods as da
 
-    from experiments.lorenz96_da import Config as ExperimentConfig
-    from experiments.lorenz96_da import make_twin
+    from experiments.lorenz96_da import Config as ExperimentConfig, make_twin
     from twinjax.inference import ensemble as ens
 
     hmm, xx, yy = dapper_setup(cfg)

@@ -101,8 +101,9 @@ def evaluate(config: Config, key: jax.Array) -> dict:
     twin, spec = make_twin(config)
     ts = jnp.arange(0.0, config.duration_s + config.dt_s / 2, config.dt_s)
     current = drive_cycle_current_A(ts, config.capacity_Ah, config.peak_c_rate)[:, None]
-    cloud = tj.ensemble(twin, ts, members=config.members, params=spec, controls=current, key=key,
-                        substeps=config.substeps)
+    cloud = tj.ensemble(
+        twin, ts, members=config.members, params=spec, controls=current, key=key, substeps=config.substeps
+    )
     soc = cloud.xs[:, :, 0]
     volts = cloud.ys[:, :, 0]
     temp_c = cloud.xs[:, :, -1] - 273.15
@@ -122,8 +123,11 @@ def evaluate(config: Config, key: jax.Array) -> dict:
         },
         "members": config.members,
         "failed_members": jnp.sum(cloud.status != 0),
-        "soc_final": {"p05": jnp.quantile(soc[:, -1], 0.05), "median": jnp.median(soc[:, -1]),
-                      "p95": jnp.quantile(soc[:, -1], 0.95)},
+        "soc_final": {
+            "p05": jnp.quantile(soc[:, -1], 0.05),
+            "median": jnp.median(soc[:, -1]),
+            "p95": jnp.quantile(soc[:, -1], 0.95),
+        },
         "voltage_min_v": {"p05": jnp.quantile(volts.min(1), 0.05), "median": jnp.median(volts.min(1))},
         "temperature_max_c": {"median": jnp.median(temp_c.max(1)), "p95": jnp.quantile(temp_c.max(1), 0.95)},
         "coulomb_counting_max_error": cc_error,

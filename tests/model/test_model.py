@@ -166,8 +166,9 @@ def test_grad_through_parameters_as_arrays():
         (lambda: tj.StateSpaceModel(Decay(jnp.asarray(1.0), jnp.asarray(1.0)), dt=-0.1), "`dt` must be a positive"),
         (lambda: tj.StateSpaceModel("not a model"), "`dynamics` must be"),
         (
-            lambda: tj.LinearGaussianSSM(jnp.eye(2), None, jnp.eye(3), None, jnp.eye(2), jnp.eye(3), jnp.zeros(2),
-                                         jnp.eye(2)),
+            lambda: tj.LinearGaussianSSM(
+                jnp.eye(2), None, jnp.eye(3), None, jnp.eye(2), jnp.eye(3), jnp.zeros(2), jnp.eye(2)
+            ),
             r"`C` must have shape",
         ),
         (lambda: tj.Discretisation(substeps=0), "`substeps` must be a positive integer"),

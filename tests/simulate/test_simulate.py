@@ -55,12 +55,14 @@ def test_simulate_pendulum_matches_scipy():
     path = tj.simulate(twin, jnp.array([1.0, 0.0]), ts, controls=torque, key=jax.random.key(0))
     ref = np.zeros((201, 2))
     ref[0] = [1.0, 0.0]
+
     def f(u):  # the same equations in plain NumPy
         return lambda t, x: [x[1], -9.81 * np.sin(x[0]) - 0.1 * x[1] + u]
 
     for k in range(200):  # zero-order hold: one scipy solve per interval, like the twin
-        sol = scipy.integrate.solve_ivp(f(float(torque[k, 0])), (ts[k], ts[k + 1]), ref[k], rtol=1e-11, atol=1e-12,
-                                        method="DOP853")
+        sol = scipy.integrate.solve_ivp(
+            f(float(torque[k, 0])), (ts[k], ts[k + 1]), ref[k], rtol=1e-11, atol=1e-12, method="DOP853"
+        )
         ref[k + 1] = sol.y[:, -1]
     np.testing.assert_allclose(path.xs, ref, atol=2e-6)
     assert path.status == tj.Status.successful
@@ -71,16 +73,27 @@ def test_stiff_robertson_matches_reference_and_scipy():
     """REFERENCES.md: y(100) = (0.617235, 6.1536e-6, 0.382759) for k = (0.04, 3e7, 1e4)."""
     ts = jnp.array([0.0, 100.0])
     path = tj.simulate(
-        Robertson(), jnp.array([1.0, 0.0, 0.0]), ts, solver=diffrax.Kvaerno5(),
-        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-12), substeps=10_000, max_steps=100_000,
+        Robertson(),
+        jnp.array([1.0, 0.0, 0.0]),
+        ts,
+        solver=diffrax.Kvaerno5(),
+        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-12),
+        substeps=10_000,
+        max_steps=100_000,
     )
     y100 = np.asarray(path.xs[-1])
     np.testing.assert_allclose(y100, [0.617235, 6.1536e-6, 0.382759], rtol=2e-5)
     ref = scipy.integrate.solve_ivp(
-        lambda t, y: [-0.04 * y[0] + 1e4 * y[1] * y[2], 0.04 * y[0] - 3e7 * y[1] ** 2 - 1e4 * y[1] * y[2],
-                      3e7 * y[1] ** 2],
-        (0, 100), [1.0, 0, 0],
-        method="Radau", rtol=1e-10, atol=1e-14,
+        lambda t, y: [
+            -0.04 * y[0] + 1e4 * y[1] * y[2],
+            0.04 * y[0] - 3e7 * y[1] ** 2 - 1e4 * y[1] * y[2],
+            3e7 * y[1] ** 2,
+        ],
+        (0, 100),
+        [1.0, 0, 0],
+        method="Radau",
+        rtol=1e-10,
+        atol=1e-14,
     ).y[:, -1]
     np.testing.assert_allclose(y100, ref, rtol=1e-5)
 
@@ -92,8 +105,12 @@ class Logistic(tj.AbstractDynamics):
 
 @pytest.fixture(scope="module")
 def logistic_reference():
-    path = tj.simulate(Logistic(), jnp.array([0.1]), jnp.linspace(0.0, 4.0, 5),
-                       stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-14))
+    path = tj.simulate(
+        Logistic(),
+        jnp.array([0.1]),
+        jnp.linspace(0.0, 4.0, 5),
+        stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-14),
+    )
     return float(path.xs[-1, 0])
 
 
@@ -107,20 +124,38 @@ def test_fused_kernel_convergence_order(name, order, logistic_reference):
     subs = np.array([20, 40, 80, 160])
     errors = []
     for substeps in subs:
-        traj = tj.ensemble(Logistic(), jnp.array([0.0, 4.0]), x0=jnp.array([[0.1]]), substeps=int(substeps),
-                           tableau=name, key=jax.random.key(0), observe=False)
+        traj = tj.ensemble(
+            Logistic(),
+            jnp.array([0.0, 4.0]),
+            x0=jnp.array([[0.1]]),
+            substeps=int(substeps),
+            tableau=name,
+            key=jax.random.key(0),
+            observe=False,
+        )
         errors.append(abs(float(traj.xs[0, -1, 0]) - logistic_reference))
     assert abs(_slope(4.0 / subs, errors) - order) < 0.15
 
 
-@pytest.mark.parametrize("solver, order, subs", [(diffrax.Euler(), 1, (8, 16, 32, 64)),
-                                                 (diffrax.Heun(), 2, (8, 16, 32, 64)),
-                                                 (diffrax.Tsit5(), 5, (8, 12, 16, 24))])
+@pytest.mark.parametrize(
+    "solver, order, subs",
+    [
+        (diffrax.Euler(), 1, (8, 16, 32, 64)),
+        (diffrax.Heun(), 2, (8, 16, 32, 64)),
+        (diffrax.Tsit5(), 5, (8, 12, 16, 24)),
+    ],
+)
 def test_simulate_diffrax_convergence_order(solver, order, subs, logistic_reference):
     errors = []
     for substeps in subs:
-        path = tj.simulate(Logistic(), jnp.array([0.1]), jnp.linspace(0.0, 4.0, 5), solver=solver,
-                           stepsize_controller=diffrax.ConstantStepSize(), substeps=substeps)
+        path = tj.simulate(
+            Logistic(),
+            jnp.array([0.1]),
+            jnp.linspace(0.0, 4.0, 5),
+            solver=solver,
+            stepsize_controller=diffrax.ConstantStepSize(),
+            substeps=substeps,
+        )
         errors.append(abs(float(path.xs[-1, 0]) - logistic_reference))
     assert abs(_slope(1.0 / np.array(subs), errors) - order) < 0.3
 
@@ -131,8 +166,15 @@ def test_ou_moments_match_analytic_within_monte_carlo_error(method):
     members = 20_000 if method == "fused" else 2_000
     t1, x0 = 1.0, 1.0
     twin = tj.StateSpaceModel(OU(), discretisation=tj.Discretisation(substeps=200))
-    traj = tj.ensemble(twin, jnp.array([0.0, t1]), x0=jnp.full((members, 1), x0), substeps=1000,
-                       key=jax.random.key(3), method=method, observe=False)
+    traj = tj.ensemble(
+        twin,
+        jnp.array([0.0, t1]),
+        x0=jnp.full((members, 1), x0),
+        substeps=1000,
+        key=jax.random.key(3),
+        method=method,
+        observe=False,
+    )
     assert np.all(traj.status == 0)
     x = np.asarray(traj.xs[:, -1, 0])
     mean, var = x0 * np.exp(-t1), 0.25 * (1 - np.exp(-2 * t1)) / 2
@@ -173,8 +215,9 @@ def test_gradient_of_trajectory_loss_matches_finite_differences():
 def test_undamped_pendulum_conserves_energy_over_long_rollout():
     twin = tj.StateSpaceModel(Pendulum(damping_per_s=0.0))
     ts = jnp.linspace(0.0, 200.0, 2001)
-    path = tj.simulate(twin, jnp.array([2.0, 0.0]), ts, stepsize_controller=diffrax.PIDController(rtol=1e-10,
-                                                                                                  atol=1e-12))
+    path = tj.simulate(
+        twin, jnp.array([2.0, 0.0]), ts, stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12)
+    )
     energy = 0.5 * path.xs[:, 1] ** 2 - 9.81 * jnp.cos(path.xs[:, 0])
     assert float(jnp.max(jnp.abs(energy - energy[0]))) < 1e-6
 
@@ -182,8 +225,16 @@ def test_undamped_pendulum_conserves_energy_over_long_rollout():
 def test_feedback_policy_closed_loop_equals_closed_form(key):
     """x_{k+1} = a x_k + b u_k, y_k = x_k exactly, u_k = -g y_k  =>  x_k = (a - b g)^k x_0."""
     a, b, g = 1.1, 0.5, 0.8
-    lg = tj.LinearGaussianSSM(jnp.array([[a]]), jnp.array([[b]]), jnp.eye(1), None, jnp.zeros((1, 1)),
-                              jnp.zeros((1, 1)), jnp.zeros(1), jnp.eye(1))
+    lg = tj.LinearGaussianSSM(
+        jnp.array([[a]]),
+        jnp.array([[b]]),
+        jnp.eye(1),
+        None,
+        jnp.zeros((1, 1)),
+        jnp.zeros((1, 1)),
+        jnp.zeros(1),
+        jnp.eye(1),
+    )
     ts = jnp.arange(12.0)
     path = tj.simulate(lg, jnp.array([2.0]), ts, controls=lambda t, y: -g * y, key=key)
     want = 2.0 * (a - b * g) ** np.arange(12)
@@ -192,8 +243,12 @@ def test_feedback_policy_closed_loop_equals_closed_form(key):
 
 
 def test_ancestral_sampling_draws_parameters_from_prior():
-    twin = tj.StateSpaceModel(Pendulum(), tj.GaussianObservation(lambda t, x, u: x[:1], 0.01 * jnp.eye(1)),
-                              tj.Gaussian(jnp.array([1.0, 0.0]), 0.01 * jnp.eye(2)), dt=0.1)
+    twin = tj.StateSpaceModel(
+        Pendulum(),
+        tj.GaussianObservation(lambda t, x, u: x[:1], 0.01 * jnp.eye(1)),
+        tj.Gaussian(jnp.array([1.0, 0.0]), 0.01 * jnp.eye(2)),
+        dt=0.1,
+    )
     spec = tj.Params({"dynamics.length_m": tj.positive(prior=dist.LogNormal(0.0, 0.3))})
     ts = jnp.linspace(0.0, 2.0, 21)
     a = tj.simulate(twin, None, ts, params=spec, key=jax.random.key(4))
@@ -230,8 +285,15 @@ def test_failed_member_is_reported_and_others_survive():
 
     x0 = jnp.array([[0.1], [5.0], [0.2]])
     for method in ("fused", "diffrax"):
-        traj = tj.ensemble(Blowup(), jnp.array([0.0, 1.0]), x0=x0, substeps=200, key=jax.random.key(0),
-                           method=method, max_steps=1000 if method == "diffrax" else None)
+        traj = tj.ensemble(
+            Blowup(),
+            jnp.array([0.0, 1.0]),
+            x0=x0,
+            substeps=200,
+            key=jax.random.key(0),
+            method=method,
+            max_steps=1000 if method == "diffrax" else None,
+        )
         assert traj.status[1] != tj.Status.successful, method
         assert np.all(np.asarray(traj.status)[[0, 2]] == tj.Status.successful), method
         np.testing.assert_allclose(traj.xs[[0, 2], -1, 0], [0.1 / 0.9, 0.2 / 0.8], rtol=1e-6)
@@ -248,8 +310,9 @@ def test_max_steps_reported_without_throw():
 
 def test_sharded_ensemble_equals_unsharded():
     assert len(jax.devices()) == 4, "tests/conftest.py sets 4 virtual CPU devices"
-    twin = tj.StateSpaceModel(OU(), tj.GaussianObservation(lambda t, x, u: x, 0.01 * jnp.eye(1)),
-                              tj.Gaussian(jnp.zeros(1), jnp.eye(1)))
+    twin = tj.StateSpaceModel(
+        OU(), tj.GaussianObservation(lambda t, x, u: x, 0.01 * jnp.eye(1)), tj.Gaussian(jnp.zeros(1), jnp.eye(1))
+    )
     ts = jnp.linspace(0.0, 1.0, 6)
     sharded = tj.ensemble(twin, ts, members=10, key=jax.random.key(0), substeps=5)  # 10 -> padded to 12
     plain = tj.ensemble(twin, ts, members=10, key=jax.random.key(0), substeps=5, shard=False)
@@ -292,20 +355,37 @@ def test_discrete_twin_and_progress_bar(capsys):
         (lambda tw: tj.simulate(tw, jnp.zeros(3), jnp.linspace(0, 1, 5)), r"`x0` must have 2 state entries"),
         (lambda tw: tj.simulate(tw, jnp.zeros((1, 2)), jnp.linspace(0, 1, 5)), r"`x0` must have shape \(state,\)"),
         (lambda tw: tj.simulate(tw, jnp.zeros(2), jnp.array([0.0, 0.2, 0.1])), r"`ts` must be strictly increasing"),
-        (lambda tw: tj.simulate(eqx.tree_at(lambda m: m.dynamics.length_m, tw, jnp.asarray(jnp.nan)), jnp.zeros(2),
-                                jnp.linspace(0, 1, 5)), r"`model.*length_m` must be finite"),
-        (lambda tw: tj.simulate(tw, jnp.zeros(2), jnp.linspace(0, 1, 5), controls=jnp.zeros((2, 1))),
-         r"`controls` must have shape"),
+        (
+            lambda tw: tj.simulate(
+                eqx.tree_at(lambda m: m.dynamics.length_m, tw, jnp.asarray(jnp.nan)),
+                jnp.zeros(2),
+                jnp.linspace(0, 1, 5),
+            ),
+            r"`model.*length_m` must be finite",
+        ),
+        (
+            lambda tw: tj.simulate(tw, jnp.zeros(2), jnp.linspace(0, 1, 5), controls=jnp.zeros((2, 1))),
+            r"`controls` must have shape",
+        ),
         (lambda tw: tj.simulate(tw, None, jnp.linspace(0, 1, 5)), r"`key` is required"),
         (lambda tw: tj.ensemble(tw, jnp.array([0.0, 0.1, 0.3]), members=2, key=jax.random.key(0)), "evenly spaced"),
-        (lambda tw: tj.ensemble(tw, jnp.linspace(0, 1, 3), x0=jnp.zeros((3, 2)), members=2, key=jax.random.key(0)),
-         "Inconsistent ensemble sizes"),
-        (lambda tw: tj.ensemble(tw, jnp.linspace(0, 1, 3), members=2, key=jax.random.key(0), tableau="rk9"),
-         "`tableau` must be one of"),
+        (
+            lambda tw: tj.ensemble(tw, jnp.linspace(0, 1, 3), x0=jnp.zeros((3, 2)), members=2, key=jax.random.key(0)),
+            "Inconsistent ensemble sizes",
+        ),
+        (
+            lambda tw: tj.ensemble(tw, jnp.linspace(0, 1, 3), members=2, key=jax.random.key(0), tableau="rk9"),
+            "`tableau` must be one of",
+        ),
     ],
 )
 def test_bad_simulation_input_raises_clear_error(call, match):
-    twin = tj.StateSpaceModel(Pendulum(), tj.GaussianObservation(lambda t, x, u: x[:1], 0.01 * jnp.eye(1)),
-                              tj.Gaussian(jnp.zeros(2), jnp.eye(2)), dt=0.1, control_dim=1)
+    twin = tj.StateSpaceModel(
+        Pendulum(),
+        tj.GaussianObservation(lambda t, x, u: x[:1], 0.01 * jnp.eye(1)),
+        tj.Gaussian(jnp.zeros(2), jnp.eye(2)),
+        dt=0.1,
+        control_dim=1,
+    )
     with pytest.raises(ValueError, match=match):
         call(twin)

@@ -37,9 +37,7 @@ def symmetrise(P: Float[Array, "n n"]) -> Float[Array, "n n"]:
 def check_model(model, name: str = "model") -> AbstractStateSpaceModel:
     """A filter needs a state-space twin with a sensor."""
     if not isinstance(model, AbstractStateSpaceModel):
-        raise ValueError(
-            f"`{name}` must be a tj.StateSpaceModel or tj.LinearGaussianSSM, got {type(model).__name__}."
-        )
+        raise ValueError(f"`{name}` must be a tj.StateSpaceModel or tj.LinearGaussianSSM, got {type(model).__name__}.")
     if model.observation is None:
         raise ValueError(f"`{name}` has no `observation`: a filter needs a sensor model (e.g. tj.GaussianObservation).")
     return model

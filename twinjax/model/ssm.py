@@ -216,8 +216,7 @@ class StateSpaceModel(AbstractStateSpaceModel):
         g = jax.eval_shape(self.dynamics.diffusion, t0, x, u)
         if len(g.shape) != 2 or g.shape[0] != x.shape[0]:
             raise ValueError(
-                f"`diffusion(t, x, u)` must return a matrix of shape (state, noise) = ({x.shape[0]}, k), got "
-                f"{g.shape}."
+                f"`diffusion(t, x, u)` must return a matrix of shape (state, noise) = ({x.shape[0]}, k), got {g.shape}."
             )
         tol = (t1 - t0) * 2.0**-20 if tol is None else tol
         return diffrax.VirtualBrownianTree(t0, t1, tol=tol, shape=(g.shape[1],), key=key)

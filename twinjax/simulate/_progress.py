@@ -29,4 +29,3 @@ def tick(i, total: int, desc: str = "simulate", updates: int = 50) -> None:
         jax.debug.callback(lambda k: _update(bar_id, k, total, desc), i)
 
     jax.lax.cond((i % every == 0) | (i == total - 1), report, lambda: None)
-

@@ -277,9 +277,7 @@ def ensemble(
         raise ValueError(f"`params` must be a tj.Params spec, got {type(params).__name__}.")
     if param_values is not None and params is None:
         raise ValueError("`param_values` needs `params`: the spec saying which fields the columns are.")
-    sizes = {
-        name: int(jnp.shape(v)[0]) for name, v in (("x0", x0), ("param_values", param_values)) if v is not None
-    }
+    sizes = {name: int(jnp.shape(v)[0]) for name, v in (("x0", x0), ("param_values", param_values)) if v is not None}
     if members is not None:
         sizes["members"] = members
     if not sizes:

@@ -58,5 +58,3 @@ def rk_step(f, t, x, dt, tableau: Tableau):
     for ci, ai in zip(tableau.c, tableau.a):
         ks.append(f(t + ci * dt, _axpy(x, dt, ai, ks)))
     return _axpy(x, dt, tableau.b, ks)
-
-

@@ -49,7 +49,10 @@ def with_discretisation(model, solver=None, stepsize_controller=None, substeps=N
     changes = {
         k: v
         for k, v in dict(
-            solver=solver, stepsize_controller=stepsize_controller, substeps=substeps, max_steps=max_steps,
+            solver=solver,
+            stepsize_controller=stepsize_controller,
+            substeps=substeps,
+            max_steps=max_steps,
             adjoint=adjoint,
         ).items()
         if v is not None
@@ -103,7 +106,7 @@ def check_controls(model, controls, n_times: int, batch: int | None = None):
     lead = () if batch is None else (batch,)
     if us.ndim == len(lead) + 1 and model.control_dim == 1:
         us = us[..., None]
-    if us.ndim != len(lead) + 2 or us.shape[:len(lead)] != lead or us.shape[-2] not in (n_times - 1, n_times):
+    if us.ndim != len(lead) + 2 or us.shape[: len(lead)] != lead or us.shape[-2] not in (n_times - 1, n_times):
         shape = ", ".join([*map(str, lead), f"{n_times} or {n_times - 1}", "control"])
         raise ValueError(f"`controls` must have shape ({shape}) to match `ts`, got {tuple(us.shape)}.")
     if model.control_dim and us.shape[-1] != model.control_dim:
@@ -176,8 +179,10 @@ def _simulate_jit(model, x0, ts, us, policy, key, params, progress, throw):
     xs, ys, used, status = _rollout(model, x0, ts, us, policy, k_roll, progress)
     if throw:
         xs = eqx.error_if(
-            xs, status != Status.successful, "simulate: a solve failed (max_steps reached or non-finite state). "
-            "Pass throw=False to inspect `Trajectory.status`, or change the solver / `max_steps`."
+            xs,
+            status != Status.successful,
+            "simulate: a solve failed (max_steps reached or non-finite state). "
+            "Pass throw=False to inspect `Trajectory.status`, or change the solver / `max_steps`.",
         )
     return Trajectory(ts, xs, ys, used, status, phi)
 
@@ -262,4 +267,3 @@ def raise_if_failed(traj: Trajectory) -> Trajectory:
     if bool(jnp.any(traj.status != Status.successful)):
         raise RuntimeError(f"Simulation failed for some members: {describe(traj.status)}.")
     return traj
-
