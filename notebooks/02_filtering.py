@@ -94,5 +94,8 @@ kf = inf.kalman_filter(osc, path.ys, us2)
 sm = inf.rts_smoother(osc, kf, us2)
 for name, m in (("KF", kf.means), ("RTS", sm.means)):
     print(f"{name:4s} RMSE velocity {float(jnp.sqrt(jnp.mean((m[:, 1] - path.xs[:, 1]) ** 2))):.4f}")
-print("mean sd of velocity, filter vs smoother:", float(jnp.sqrt(kf.covariances[:, 1, 1]).mean()),
-      float(jnp.sqrt(sm.covariances[:, 1, 1]).mean()))
+print(
+    "mean sd of velocity, filter vs smoother:",
+    float(jnp.sqrt(kf.covariances[:, 1, 1]).mean()),
+    float(jnp.sqrt(sm.covariances[:, 1, 1]).mean()),
+)
