@@ -21,6 +21,7 @@ SIZES = {
     "burn_in",
     "pf_particles",
     "hovmoller_cycles",
+    "extra_seeds",
     "tradeoff_sizes",
     "tradeoff_size_cycles",
     "tradeoff_members",
@@ -62,6 +63,9 @@ def test_lorenz96_da_runs_through_the_cli_and_writes_outputs(tmp_path, capsys):
     assert 3.0 < rmse["climatology"] < 4.2
     assert rmse["pf"] is not None and np.isfinite(rmse["pf"])
     assert all(v > 0 for v in results["ms_per_cycle"].values())
+    seeds = results["seeds"]
+    assert set(seeds) == {"enkf", "etkf", "denkf", "letkf"} and all(len(v["rmse"]) == 2 for v in seeds.values())
+    assert all(seeds[name]["median"] < 0.4 for name in ("enkf", "denkf", "letkf"))
     trade = results["tradeoff"]
     assert {"state_size", "ensemble_size", "interval"} == set(trade)
     assert all(row["ms_per_cycle"] > 0 and row["rmse"] > 0 for group in trade.values() for row in group.values())
