@@ -45,7 +45,10 @@ import numpy as np
 
 __all__ = [
     "apply_overrides",
+    "environment",
     "make_run_dir",
+    "parse_value",
+    "replace_value",
     "summary_table",
     "to_jsonable",
     "write_config",
@@ -225,6 +228,23 @@ def _git_commit() -> str | None:
     return commit if proc.returncode == 0 and commit else None
 
 
+def environment() -> dict[str, Any]:
+    """What identifies the software and hardware of a run: ``timestamp`` (local ISO 8601), ``twinjax_version``,
+    ``jax_version``, ``python_version``, ``platform``, ``devices`` (``str`` of each JAX device) and ``git_commit``
+    (``None`` when unavailable)."""
+    import jax  # deferred: `twinjax list` and the help text should not pay for importing JAX
+
+    return {
+        "timestamp": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "twinjax_version": _twinjax_version(),
+        "jax_version": jax.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "devices": [str(d) for d in jax.devices()],
+        "git_commit": _git_commit(),
+    }
+
+
 def write_config(
     run_dir: PathLike,
     config: Any,
@@ -252,19 +272,7 @@ def write_config(
     """
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise ValueError(f"write_config: `config` must be a dataclass instance, got {type(config).__name__}")
-    import jax  # deferred: `twinjax list` and the help text should not pay for importing JAX
-
-    record: dict[str, Any] = {
-        "experiment": name,
-        "config": config,
-        "timestamp": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "twinjax_version": _twinjax_version(),
-        "jax_version": jax.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "devices": [str(d) for d in jax.devices()],
-        "git_commit": _git_commit(),
-    }
+    record: dict[str, Any] = {"experiment": name, "config": config, **environment()}
     record.update(extra or {})
     return write_json(pathlib.Path(run_dir) / "config.json", record)
 
@@ -388,7 +396,8 @@ def _convert(text: str, tp: Any) -> Any:
     raise ValueError(f"fields of type {_type_name(tp)} cannot be set from the command line")
 
 
-def _set(config: Any, path: list[str], text: str, full_key: str, root: Any) -> Any:
+def _resolve(config: Any, path: list[str], full_key: str, root: Any) -> tuple[Any, str]:
+    """The dataclass owning the leaf field named by ``path`` and that field's name (errors name ``full_key``)."""
     names = {f.name for f in dataclasses.fields(config)}
     head = path[0]
     if head not in names:
@@ -405,16 +414,56 @@ def _set(config: Any, path: list[str], text: str, full_key: str, root: Any) -> A
                 f"config key {full_key!r}: {head!r} is a {type(current).__name__}, not a nested config, "
                 f"so it has no field {path[1]!r}"
             )
-        return dataclasses.replace(config, **{head: _set(current, path[1:], text, full_key, root)})
+        return _resolve(current, path[1:], full_key, root)
     if _is_dataclass_instance(current):
         fields = ", ".join(f"{full_key}.{k}" for k in _valid_keys(current))
         raise ValueError(f"config key {full_key!r} is a nested config; set its fields instead: {fields}")
-    tp = _field_types(type(config))[head]
+    return config, head
+
+
+def _replace(config: Any, path: list[str], value: Any) -> Any:
+    if len(path) > 1:
+        value = _replace(getattr(config, path[0]), path[1:], value)
+    return dataclasses.replace(config, **{path[0]: value})
+
+
+def _set(config: Any, path: list[str], text: str, full_key: str, root: Any) -> Any:
+    return _replace(config, path, parse_value(config, full_key, text))
+
+
+def parse_value(config: Any, key: str, text: str) -> Any:
+    """The value that the override ``key=text`` would give the field ``key`` of ``config``, converted by its type.
+
+    No config is built, so the dataclass's ``__post_init__`` checks do not run (see `replace_value`).
+
+    Raises:
+        ValueError: for an unknown key (listing the valid keys) or a value that does not convert to the type.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class Config:
+        ...     n: int = 10
+        >>> parse_value(Config(), "n", "1e3")
+        1000
+    """
+    owner, head = _resolve(config, key.split("."), key, config)
+    tp = _field_types(type(owner))[head]
     try:
-        value = _convert(text, tp)
+        return _convert(text, tp)
     except ValueError as e:
-        raise ValueError(f"cannot set {full_key}={text!r}: expected {_type_name(tp)}, {e}") from None
-    return dataclasses.replace(config, **{head: value})
+        raise ValueError(f"cannot set {key}={text!r}: expected {_type_name(tp)}, {e}") from None
+
+
+def replace_value(config: ConfigT, key: str, value: Any) -> ConfigT:
+    """A copy of ``config`` with the (dotted) field ``key`` set to ``value``; ``__post_init__`` runs at each level.
+
+    Raises:
+        ValueError: for an unknown key, or whatever the dataclass's own checks raise for ``value``.
+    """
+    path = key.split(".")
+    _resolve(config, path, key, config)
+    return _replace(config, path, value)
 
 
 def apply_overrides(config: ConfigT, overrides: Sequence[str]) -> ConfigT:
