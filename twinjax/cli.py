@@ -4,10 +4,12 @@ Usage::
 
     twinjax list
     twinjax run NAME [--quick] [--set key=value ...] [--seed N] [--out DIR]
+    twinjax sweep NAME --set key=v1,v2,... [--set key2=a,b ...] --seeds N [--quick] [--x64] [--out DIR] [--distributed]
 
 Experiments are the modules of the ``experiments`` package that define ``Config`` and ``run`` (the convention is
 in that package's docstring); ``--package`` points the command at another package with the same convention.
 Listing reads the modules' source without importing them, so it stays fast; ``run`` imports only the chosen one.
+``sweep`` runs the experiment's pure ``evaluate`` over a grid (see `twinjax.sweep` and docs/sweeps.md).
 Each subcommand is a ``_cmd_<name>(args) -> int`` function registered in `_build_parser`.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import itertools
 import pathlib
 import pkgutil
 import sys
@@ -176,6 +179,73 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_sweep_dir(parent: pathlib.Path) -> pathlib.Path:
+    """``parent/sweep-YYYYmmdd-HHMMSS[-n]``, created atomically so concurrent sweeps never share one."""
+    import datetime
+
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in itertools.count():
+        path = parent / (f"sweep-{stamp}" if suffix == 0 else f"sweep-{stamp}-{suffix}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import jax
+
+    if args.distributed:
+        # before any computation: the coordinator, process count and id come from the options, else from the
+        # cluster (SLURM, Open MPI, Kubernetes, Cloud TPU) or JAX_COORDINATOR_ADDRESS
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        )
+    elif any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
+        return _error("--coordinator, --num-processes and --process-id need --distributed")
+
+    from twinjax import sweep
+
+    if args.seeds < 1:
+        return _error(f"--seeds must be >= 1, got {args.seeds}")
+    try:
+        module = sweep.load_experiment(args.name, args.package)
+    except ValueError as e:
+        return _error(str(e))
+    name = module.__name__.rsplit(".", 1)[-1]
+    config_cls = module.Config
+    if args.quick:
+        if not callable(getattr(config_cls, "quick", None)):
+            return _error(f"experiment {name!r} has no quick preset (a classmethod Config.quick())")
+        config = config_cls.quick()
+    else:
+        config = config_cls()
+    try:
+        grid = sweep.parse_grid(config, args.grid)
+        result = sweep.sweep(module, config, grid, args.seeds, x64=args.x64)
+    except ValueError as e:
+        return _error(str(e))
+
+    failed, total = result.n_failed, len(result.rows)
+    if jax.process_index() == 0:  # every process computed (and gathered) the same results; one writes them
+        sweep_dir = pathlib.Path(args.out) if args.out is not None else _new_sweep_dir(args.root / name)
+        extra = {"quick": args.quick, "set": list(args.grid), "argv": list(args.argv)}
+        result.write(sweep_dir, extra=extra)
+        print(result.table())
+        for failure in result.failures:
+            values = ", ".join(f"{k}={v!r}" for k, v in failure["values"].items())
+            print(
+                f"failed: point {failure['point']} ({values or 'base config'}), seed {failure['seed']}: "
+                f"{failure['error']}"
+            )
+        print(f"\n{total - failed} of {total} members succeeded, {failed} failed")
+        print(f"sweep folder: {sweep_dir}")
+    return 1 if failed == total else 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinjax",
@@ -216,6 +286,51 @@ def _build_parser() -> argparse.ArgumentParser:
         help="parent folder of the runs/<name>/<timestamp>/ folders (default: runs)",
     )
     p_run.set_defaults(handler=_cmd_run)
+
+    p_sweep = sub.add_parser(
+        "sweep",
+        help="run one experiment's evaluate over a grid of values and seeds (vmapped, sharded over devices)",
+        description=(
+            "Run the experiment's pure evaluate(config, key) for every grid point and seed. Values that keep shapes"
+            " equal are vmapped into one compiled call, sharded over the devices; see docs/sweeps.md. Writes"
+            " sweep.json, results.csv and summary.csv to runs/<name>/sweep-<timestamp>/ unless --out is given."
+            " Exit status 1 only when every member failed."
+        ),
+    )
+    p_sweep.add_argument("name", metavar="NAME", help="experiment name (see `twinjax list`)")
+    p_sweep.add_argument(
+        "--set",
+        dest="grid",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values of a config field, e.g. --set lr=1e-3,1e-2 n=4,8 (repeatable; the grid is their Cartesian"
+        " product; one value is a plain override; tuple values in brackets: sizes=(8,8),(16,16))",
+    )
+    p_sweep.add_argument("--seeds", type=int, default=1, help="seeds per grid point: config.seed + i, i < N")
+    p_sweep.add_argument("--quick", action="store_true", help="start from the quick preset (Config.quick())")
+    p_sweep.add_argument("--out", type=pathlib.Path, default=None, help="sweep folder to use instead of a new one")
+    p_sweep.add_argument(
+        "--root",
+        type=pathlib.Path,
+        default=pathlib.Path("runs"),
+        help="parent folder of the runs/<name>/sweep-<timestamp>/ folders (default: runs)",
+    )
+    p_sweep.add_argument(
+        "--x64",
+        action="store_true",
+        help="enable float64 for the sweep (experiments whose `run` scopes jax.enable_x64 around evaluate)",
+    )
+    p_sweep.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() first and shard over every process's devices",
+    )
+    p_sweep.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="with --distributed")
+    p_sweep.add_argument("--num-processes", type=int, default=None, metavar="N", help="with --distributed")
+    p_sweep.add_argument("--process-id", type=int, default=None, metavar="I", help="with --distributed")
+    p_sweep.set_defaults(handler=_cmd_sweep)
     return parser
 
 
