@@ -6,7 +6,7 @@ decisions and causal queries. This module only re-exports the public API.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import inference as inference
+from . import calibrate as calibrate, inference as inference
 from .model import (
     AbstractDiscreteDynamics,
     AbstractDynamics,
@@ -63,6 +63,7 @@ __all__ = [
     "Status",
     "Tableau",
     "Trajectory",
+    "calibrate",
     "ensemble",
     "inference",
     "interval",
