@@ -9,6 +9,7 @@ from .battery import TheveninBattery, battery_twin, cell_5Ah, pybamm_ecm_example
 from .degradation import Degradation, degradation_twin
 from .hvac import Building2R2C, building_twin, stack_inputs, synthetic_occupancy, synthetic_weather
 from .lookup import Lookup
+from .lotka_volterra import LotkaVolterra, lotka_volterra_twin
 from .lorenz import Lorenz63, Lorenz63SDE, Lorenz96, lorenz63_twin, lorenz96_twin
 from .oscillator import MassSpringDamper, oscillator_twin
 from .pendulum import Pendulum, pendulum_twin
@@ -22,6 +23,7 @@ __all__ = [
     "Lorenz63",
     "Lorenz63SDE",
     "Lorenz96",
+    "LotkaVolterra",
     "MassSpringDamper",
     "Pendulum",
     "TheveninBattery",
@@ -31,6 +33,7 @@ __all__ = [
     "degradation_twin",
     "lorenz63_twin",
     "lorenz96_twin",
+    "lotka_volterra_twin",
     "oscillator_twin",
     "pendulum_twin",
     "pump_twin",

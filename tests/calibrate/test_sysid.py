@@ -346,9 +346,7 @@ def test_filter_loss_maximises_the_exact_kalman_likelihood():
         ys.append(x + np.sqrt(r) * rng.normal())
         x = a_true * x + np.sqrt(q) * rng.normal()
     ys = np.array(ys)
-    lgssm = tj.LinearGaussianSSM(
-        A=[[0.3]], B=None, C=[[1.0]], D=None, Q=[[q]], R=[[r]], m0=[0.0], P0=[[1.0]]
-    )
+    lgssm = tj.LinearGaussianSSM(A=[[0.3]], B=None, C=[[1.0]], D=None, Q=[[q]], R=[[r]], m0=[0.0], P0=[[1.0]])
     spec = tj.Params({"A": tj.interval(-1.0, 1.0)})
     res = fit(lgssm, spec, ys[:, None], loss="filter", filter="kf")
     best = scipy.optimize.minimize_scalar(
@@ -361,7 +359,7 @@ def test_filter_loss_maximises_the_exact_kalman_likelihood():
     info = fisher_information(lgssm, spec, ys[:, None], at=res, loss="filter", filter="kf", space="physical")
     h = 1e-4
     a = float(res.params[0])
-    fd = (_numpy_kalman_nll(a + h, ys, q, r, 0.0, 1.0) - 2 * best.fun + _numpy_kalman_nll(a - h, ys, q, r, 0.0, 1.0))
+    fd = _numpy_kalman_nll(a + h, ys, q, r, 0.0, 1.0) - 2 * best.fun + _numpy_kalman_nll(a - h, ys, q, r, 0.0, 1.0)
     np.testing.assert_allclose(info[0, 0], fd / h**2, rtol=1e-4)
 
 

@@ -63,6 +63,7 @@ References:
 
 import dataclasses
 import math
+
 import diffrax
 import equinox as eqx
 import jax
@@ -72,16 +73,17 @@ import numpy as np
 from .._checks import as_float_array, check_finite_leaves
 from .._types import Array, Float
 from ..inference._base import mask_covariance, masked_residual, prepare_inputs
-from ..model.discretisation import Discretisation
-from ..model.dynamics import AbstractDiscreteDynamics
+from ..model.dynamics import AbstractDiscreteDynamics, AbstractSDEDynamics
 from ..model.params import Params
-from ..model.ssm import AbstractStateSpaceModel
+from ..model.ssm import AbstractStateSpaceModel, StateSpaceModel
 from ..model.status import Status
+from ..simulate.rk import Tableau, get_tableau, rk_step
 from ..simulate.simulate import with_discretisation
 
 ADJOINTS = ("recursive", "backsolve", "direct", "forward")
 FILTERS = ("kf", "ekf", "ukf")
 LOSSES = ("trajectory", "multiple_shooting", "filter")
+UNROLL = 8  # intervals per loop iteration of the fixed-step rollout
 
 
 # ------------------------------------------------------------------------------------------------------------ helpers
@@ -137,8 +139,16 @@ def unconstrain(spec, model, phi: Float[Array, "*batch param"]) -> Float[Array, 
     return jnp.concatenate([jnp.ravel(spec.specs[n].transform.inv(v)) for n, v in pieces.items()])
 
 
-def rollout(model, x0, ts, us):
-    """The noise-free states ``(T, state)`` at ``ts`` from ``x0``, controls held per interval, and the worst status."""
+def rollout(model, x0, ts, us, integrator=None):
+    """The noise-free states ``(T, state)`` at ``ts`` from ``x0``, controls held per interval, and the worst status.
+
+    ``integrator=None`` uses the twin's own transition (diffrax with its :class:`~twinjax.Discretisation`, or the
+    discrete map); a tableau name (``"rk4"``, ``"rk3"``, ``"heun"``, ``"midpoint"``, ``"euler"``) or a
+    :class:`~twinjax.Tableau` takes ``model.discretisation.substeps`` fixed explicit Runge–Kutta steps per interval in
+    one ``lax.scan`` (differentiated by plain autodiff: discretise-then-optimise, no diffrax adjoint).
+    """
+    if integrator is not None:
+        return _rollout_fixed(model, x0, ts, us, get_tableau(integrator))
 
     def body(carry, k):
         x, status = carry
@@ -149,6 +159,28 @@ def rollout(model, x0, ts, us):
     status0 = jnp.asarray(Status.successful, jnp.int32)
     (_, status), xs = jax.lax.scan(body, (x0, status0), jnp.arange(ts.shape[0] - 1))
     return jnp.concatenate([x0[None], xs]), status
+
+
+def _rollout_fixed(model, x0, ts, us, tableau):
+    substeps = model.discretisation.substeps
+    dynamics = model.dynamics
+
+    def interval(x, k):
+        h = (ts[k + 1] - ts[k]) / substeps
+        u = us[k]
+
+        def f(t, x):
+            return dynamics.vector_field(t, x, u)
+
+        for j in range(substeps):  # static and small: unrolled
+            x = rk_step(f, ts[k] + j * h, x, h, tableau)
+        return x, x
+
+    # a tiny state makes per-iteration loop overhead the cost: unrolling a few intervals per iteration halves it
+    _, xs = jax.lax.scan(interval, x0, jnp.arange(ts.shape[0] - 1), unroll=UNROLL)
+    xs = jnp.concatenate([x0[None], xs])
+    status = jnp.where(jnp.all(jnp.isfinite(xs)), Status.successful, Status.nonfinite).astype(jnp.int32)
+    return xs, status
 
 
 def whitened_residuals(model, ts, xs, us, ys) -> Float[Array, "time obs"]:
@@ -256,7 +288,6 @@ class AbstractObjective(eqx.Module):
         objective's adjoint."""
         return _with_gradient_rule(self, z, self.adjoint == "forward")
 
-
     def gradient(self, z) -> Float[Array, " unknowns"]:
         """``∇ℓ(z)`` in the objective's adjoint mode."""
         return jax.grad(self.loss)(z)
@@ -297,6 +328,7 @@ class TrajectoryObjective(AbstractLeastSquaresObjective):
     x0: Float[Array, " state"] | None
     prior: bool = eqx.field(static=True)
     adjoint: str = eqx.field(static=True)
+    integrator: Tableau | None = eqx.field(static=True, default=None)
 
     def initial_state(self, model):
         """``x₀``: the given one, or the mean of ``model.initial``."""
@@ -305,13 +337,13 @@ class TrajectoryObjective(AbstractLeastSquaresObjective):
     def predict(self, z) -> tuple[Float[Array, "time state"], Float[Array, "time obs"], Array]:
         """The rollout ``xs``, the noise-free predictions ``ŷ`` and the solve status at ``z``."""
         model = self.model_at(z)
-        xs, status = rollout(model, self.initial_state(model).astype(self.ys.dtype), self.ts, self.us)
+        xs, status = rollout(model, self.initial_state(model).astype(self.ys.dtype), self.ts, self.us, self.integrator)
         yhat = jax.vmap(model.observation.mean)(self.ts, xs, self.us)
         return xs, yhat, status
 
     def residuals(self, z) -> Float[Array, " residuals"]:
         model = self.model_at(z)
-        xs, status = rollout(model, self.initial_state(model).astype(self.ys.dtype), self.ts, self.us)
+        xs, status = rollout(model, self.initial_state(model).astype(self.ys.dtype), self.ts, self.us, self.integrator)
         r = whitened_residuals(model, self.ts, xs, self.us, self.ys).ravel()
         return _fail_nan(r, status)
 
@@ -343,6 +375,7 @@ class MultipleShootingObjective(AbstractLeastSquaresObjective):
     node_init: str = eqx.field(static=True)
     prior: bool = eqx.field(static=True)
     adjoint: str = eqx.field(static=True)
+    integrator: Tableau | None = eqx.field(static=True, default=None)
 
     @property
     def num_extra(self) -> int:
@@ -361,7 +394,7 @@ class MultipleShootingObjective(AbstractLeastSquaresObjective):
             nodes = self.ys[self.length * jnp.arange(1, self.segments)]
         else:
             model = self.spec.from_unconstrained(self.model, theta)
-            xs, _ = rollout(model, self.initial_state(model).astype(self.ys.dtype), self.ts, self.us)
+            xs, _ = rollout(model, self.initial_state(model).astype(self.ys.dtype), self.ts, self.us, self.integrator)
             nodes = xs[self.length * jnp.arange(1, self.segments)]
         return jnp.concatenate([theta, nodes.ravel().astype(theta.dtype)])
 
@@ -378,7 +411,7 @@ class MultipleShootingObjective(AbstractLeastSquaresObjective):
         K, L = self.segments, self.length
         idx = L * jnp.arange(K)[:, None] + jnp.arange(L + 1)[None, :]  # (K, L + 1)
         seg_ts, seg_us = self.ts[idx], self.us[idx]
-        xs, status = jax.vmap(lambda x0, t, u: rollout(model, x0, t, u))(nodes, seg_ts, seg_us)
+        xs, status = jax.vmap(lambda x0, t, u: rollout(model, x0, t, u, self.integrator))(nodes, seg_ts, seg_us)
         # every measurement once: the first L points of each segment, and the last segment's end point
         xs_data = jnp.concatenate([xs[:, :L].reshape(K * L, -1), xs[-1, L:]])
         n = K * L + 1
@@ -392,7 +425,7 @@ class MultipleShootingObjective(AbstractLeastSquaresObjective):
         model, nodes = self.split(z)
         K, L = self.segments, self.length
         idx = L * jnp.arange(K)[:, None] + jnp.arange(L + 1)[None, :]
-        xs, _ = jax.vmap(lambda x0, t, u: rollout(model, x0, t, u))(nodes, self.ts[idx], self.us[idx])
+        xs, _ = jax.vmap(lambda x0, t, u: rollout(model, x0, t, u, self.integrator))(nodes, self.ts[idx], self.us[idx])
         return jnp.concatenate([xs[:, :L].reshape(K * L, -1), xs[-1, L:]])[: self.n_time]
 
 
@@ -459,8 +492,25 @@ def _prepare(model, spec, ys, us, ts, x0, adjoint):
     return model, spec, ys, us, ts, x0, n, name
 
 
+def _check_integrator(model, integrator):
+    if integrator is None:
+        return None
+    ode = isinstance(model, StateSpaceModel) and not isinstance(
+        model.dynamics, (AbstractDiscreteDynamics, AbstractSDEDynamics)
+    )
+    if not ode:
+        raise ValueError("`integrator` (a fixed-step Runge–Kutta rollout) needs a StateSpaceModel with ODE dynamics.")
+    try:
+        return get_tableau(integrator)
+    except ValueError:
+        raise ValueError(
+            f"`integrator` must be None (the twin's diffrax solve), 'euler', 'heun', 'midpoint', 'rk3', 'rk4' or a "
+            f"tj.Tableau, got {integrator!r}."
+        ) from None
+
+
 def trajectory_objective(
-    model, spec, ys, us=None, ts=None, *, x0=None, prior: bool = False, adjoint="recursive"
+    model, spec, ys, us=None, ts=None, *, x0=None, prior: bool = False, adjoint="recursive", integrator=None
 ) -> TrajectoryObjective:
     """Single-shooting trajectory least squares (module docstring).
 
@@ -472,6 +522,9 @@ def trajectory_objective(
         x0: the known initial state ``(state,)``; default the (parameterised) model's initial mean.
         prior: add ``−log p(z)`` (MAP).
         adjoint: ``"recursive"``, ``"backsolve"``, ``"direct"``, ``"forward"`` or a diffrax adjoint.
+        integrator: ``None`` (the twin's diffrax solve) or a fixed-step explicit Runge–Kutta method (``"rk4"``, ...)
+            taking ``model.discretisation.substeps`` steps per interval in one ``lax.scan``, differentiated by plain
+            autodiff — much cheaper in reverse mode than per-interval diffrax adjoints (see ``docs/sysid.md``).
 
     Returns:
         A :class:`TrajectoryObjective` with ``residuals(z)`` ``(T·obs,)`` and ``loss(z)``.
@@ -486,8 +539,9 @@ def trajectory_objective(
         loss, grad = jax.value_and_grad(obj.loss)(spec.to_unconstrained(twin))
         ```
     """
+    tableau = _check_integrator(model, integrator)
     model, spec, ys, us, ts, x0, _, name = _prepare(model, spec, ys, us, ts, x0, adjoint)
-    return TrajectoryObjective(model, spec, ys, us, ts, x0, bool(prior), name)
+    return TrajectoryObjective(model, spec, ys, us, ts, x0, bool(prior), name, tableau)
 
 
 def multiple_shooting_objective(
@@ -503,11 +557,12 @@ def multiple_shooting_objective(
     x0=None,
     prior: bool = False,
     adjoint="recursive",
+    integrator=None,
 ) -> MultipleShootingObjective:
     """Multiple-shooting least squares with ``segments`` segments (module docstring).
 
     Arguments:
-        model, spec, ys, us, ts, x0, prior, adjoint: as :func:`trajectory_objective`.
+        model, spec, ys, us, ts, x0, prior, adjoint, integrator: as :func:`trajectory_objective`.
         segments: ``K``, the number of shooting segments (``1 ≤ K ≤ T − 1``).
         continuity_weight: ``w``, the weight of the continuity defects (state units⁻¹).
         nodes: ``"rollout"`` (a single-shooting rollout at the start parameters), ``"data"`` (the measurements at the
@@ -525,6 +580,7 @@ def multiple_shooting_objective(
         z0 = obj.initial_z()     # [θ, s_1, ..., s_7]
         ```
     """
+    tableau = _check_integrator(model, integrator)
     model, spec, ys, us, ts, x0, n, name = _prepare(model, spec, ys, us, ts, x0, adjoint)
     T = ys.shape[0]
     if not isinstance(segments, (int, np.integer)) or not 1 <= segments <= max(T - 1, 1):
@@ -574,6 +630,7 @@ def multiple_shooting_objective(
         node_init,
         bool(prior),
         name,
+        tableau,
     )
 
 
@@ -631,13 +688,14 @@ def make_objective(
     segments: int = 4,
     continuity_weight: float = 1e3,
     nodes="rollout",
+    integrator=None,
 ) -> AbstractObjective:
     """The objective named by ``loss`` (``"trajectory"``, ``"multiple_shooting"``, ``"filter"``), or ``loss`` itself
     when it is already an :class:`AbstractObjective`."""
     if isinstance(loss, AbstractObjective):
         return loss
     if loss == "trajectory":
-        return trajectory_objective(model, spec, ys, us, ts, x0=x0, prior=prior, adjoint=adjoint)
+        return trajectory_objective(model, spec, ys, us, ts, x0=x0, prior=prior, adjoint=adjoint, integrator=integrator)
     if loss == "multiple_shooting":
         return multiple_shooting_objective(
             model,
@@ -651,7 +709,10 @@ def make_objective(
             x0=x0,
             prior=prior,
             adjoint=adjoint,
+            integrator=integrator,
         )
     if loss == "filter":
+        if integrator is not None:
+            raise ValueError("`integrator` applies to the trajectory losses; the filter uses the twin's transition.")
         return filter_objective(model, spec, ys, us, ts, filter=filter, x0=x0, prior=prior, adjoint=adjoint)
     raise ValueError(f"`loss` must be one of {LOSSES} or a calibration objective, got {loss!r}.")

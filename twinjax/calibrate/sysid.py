@@ -41,6 +41,7 @@ import optimistix as optx
 from jax.scipy.stats import norm as _normal
 
 from .._types import Array, Bool, Float, Int, Key
+from ..model.discretisation import Discretisation
 from ..model.params import Params
 from ..model.status import Status, describe
 from . import objectives as _obj
@@ -367,7 +368,7 @@ def forward_objective(objective):
     if objective.adjoint == "forward":
         return objective
     model = objective.model
-    if isinstance(getattr(model, "discretisation", None), _obj.Discretisation):
+    if isinstance(getattr(model, "discretisation", None), Discretisation):
         model = eqx.tree_at(lambda m: m.discretisation.adjoint, model, _obj.diffrax_adjoint("forward"))
     return dataclasses.replace(objective, model=model, adjoint="forward")
 
@@ -491,6 +492,7 @@ def fit(
     segments: int = 4,
     continuity_weight: float = 1e3,
     nodes="rollout",
+    integrator=None,
     rtol: float = 1e-8,
     atol: float = 1e-8,
     learning_rate: float = 1e-2,
@@ -526,6 +528,8 @@ def fit(
         filter: ``"kf"``, ``"ekf"`` or ``"ukf"`` for ``loss="filter"``.
         segments, continuity_weight, nodes: multiple-shooting options (see
             :func:`~twinjax.calibrate.objectives.multiple_shooting_objective`).
+        integrator: ``None`` (the twin's diffrax solve) or a fixed-step Runge–Kutta rollout (``"rk4"``, ...; see
+            :func:`~twinjax.calibrate.objectives.trajectory_objective`).
         rtol, atol: termination tolerances of optimistix solvers built from a name.
         learning_rate: for ``optimizer="adam"``.
         gtol: optax stops early when ``‖∇ℓ‖∞ ≤ gtol`` (0: run the whole budget).
@@ -548,7 +552,9 @@ def fit(
     References:
         Chapter 001, "The Probabilistic Foundation of the Digital Twin"; L. Ljung, *System Identification*, 1999.
     """
-    loss_options = dict(filter=filter, segments=segments, continuity_weight=continuity_weight, nodes=nodes)
+    loss_options = dict(
+        filter=filter, segments=segments, continuity_weight=continuity_weight, nodes=nodes, integrator=integrator
+    )
     objective = _objective(model, spec, ys, us, ts, loss, optimizer, adjoint, prior, x0, loss_options)
     optimizer = resolve_optimizer(optimizer, objective, rtol=rtol, atol=atol, learning_rate=learning_rate)
     steps = _check_steps(steps, optimizer)
@@ -637,6 +643,7 @@ def multistart(
     segments: int = 4,
     continuity_weight: float = 1e3,
     nodes="rollout",
+    integrator=None,
     rtol: float = 1e-8,
     atol: float = 1e-8,
     learning_rate: float = 1e-2,
@@ -663,7 +670,9 @@ def multistart(
         ms.best.params, ms.failed.sum(), ms.spread()
         ```
     """
-    loss_options = dict(filter=filter, segments=segments, continuity_weight=continuity_weight, nodes=nodes)
+    loss_options = dict(
+        filter=filter, segments=segments, continuity_weight=continuity_weight, nodes=nodes, integrator=integrator
+    )
     objective = _objective(model, spec, ys, us, ts, loss, optimizer, adjoint, prior, x0, loss_options)
     optimizer = resolve_optimizer(optimizer, objective, rtol=rtol, atol=atol, learning_rate=learning_rate)
     steps = _check_steps(steps, optimizer)
@@ -736,6 +745,7 @@ def fisher_information(
     loss="trajectory",
     x0=None,
     filter: str = "ekf",
+    integrator=None,
     space: str = "unconstrained",
 ) -> Float[Array, "param param"]:
     r"""The (observed) Fisher information of the parameters at ``at``.
@@ -746,7 +756,7 @@ def fisher_information(
     Derivatives by forward mode through diffrax.
 
     Arguments:
-        model, spec, ys, us, ts, x0, filter: as :func:`fit`.
+        model, spec, ys, us, ts, x0, filter, integrator: as :func:`fit`.
         at: a :class:`FitResult` or unconstrained parameters ``(param,)``.
         loss: ``"trajectory"`` or ``"filter"``.
         space: ``"unconstrained"`` (``z``) or ``"physical"`` (``φ``).
@@ -769,7 +779,7 @@ def fisher_information(
     if space not in ("unconstrained", "physical"):
         raise ValueError(f"`space` must be 'unconstrained' or 'physical', got {space!r}.")
     objective = make_objective(
-        loss, model, spec, ys, us, ts, x0=x0, prior=False, adjoint="forward", filter=filter, segments=1
+        loss, model, spec, ys, us, ts, x0=x0, prior=False, adjoint="forward", filter=filter, integrator=integrator
     )
     _no_multiple_shooting(objective, "the Fisher information")
     z = _at_z(at, objective)
@@ -835,6 +845,7 @@ def laplace(
     x0=None,
     hessian: str = "exact",
     filter: str = "ekf",
+    integrator=None,
     **fit_kwargs,
 ) -> Laplace:
     r"""The Laplace approximation of the posterior of the parameters in the unconstrained space.
@@ -845,7 +856,7 @@ def laplace(
     For a linear-Gaussian model with a Gaussian prior on ``z`` the result is the exact posterior.
 
     Arguments:
-        model, spec, ys, us, ts, x0, filter: as :func:`fit`.
+        model, spec, ys, us, ts, x0, filter, integrator: as :func:`fit`.
         at: a :class:`FitResult` (or unconstrained parameters ``(param,)``) at the mode; ``None`` runs :func:`fit`
             first (with ``prior`` and ``fit_kwargs``).
         loss: ``"trajectory"`` or ``"filter"``.
@@ -870,9 +881,11 @@ def laplace(
     if hessian not in ("exact", "gauss_newton"):
         raise ValueError(f"`hessian` must be 'exact' or 'gauss_newton', got {hessian!r}.")
     if at is None:
-        at = fit(model, spec, ys, us, ts, loss=loss, prior=prior, x0=x0, filter=filter, **fit_kwargs)
+        at = fit(
+            model, spec, ys, us, ts, loss=loss, prior=prior, x0=x0, filter=filter, integrator=integrator, **fit_kwargs
+        )
     objective = make_objective(
-        loss, model, spec, ys, us, ts, x0=x0, prior=prior, adjoint="forward", filter=filter, segments=1
+        loss, model, spec, ys, us, ts, x0=x0, prior=prior, adjoint="forward", filter=filter, integrator=integrator
     )
     _no_multiple_shooting(objective, "the Laplace approximation")
     z = _at_z(at, objective)
@@ -1011,6 +1024,7 @@ def profile_likelihood(
     x0=None,
     level: float = 0.95,
     filter: str = "ekf",
+    integrator=None,
     rtol: float = 1e-10,
     atol: float = 1e-10,
     **fit_kwargs,
@@ -1022,7 +1036,7 @@ def profile_likelihood(
     interval is ``{θ_i : 2 (PL(θ_i) − ℓ̂) ≤ χ²₁(level)}``; for a model linear in its parameters it is ``θ̂_i ± z·se_i``.
 
     Arguments:
-        model, spec, ys, us, ts, x0, filter, adjoint: as :func:`fit`.
+        model, spec, ys, us, ts, x0, filter, adjoint, integrator: as :func:`fit`.
         name: the parameter's label (one of ``spec.labels(model)``, e.g. ``"dynamics.length_m"``).
         grid: physical values of the parameter ``(grid,)`` (sorted ascending is best for the warm starts).
         at: the optimum (:class:`FitResult` or ``z``); ``None`` runs :func:`fit` first.
