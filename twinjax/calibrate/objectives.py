@@ -61,6 +61,7 @@ References:
     shooting); P. Kidger, *On Neural Differential Equations*, 2021, §5 (adjoints).
 """
 
+import abc
 import dataclasses
 import math
 
@@ -248,14 +249,18 @@ class AbstractObjective(eqx.Module):
         return self.spec.size(self.model)
 
     @property
+    @abc.abstractmethod
     def num_extra(self) -> int:
         """The number of nuisance unknowns appended to ``θ`` in ``z``."""
-        return 0
 
     @property
+    @abc.abstractmethod
     def is_least_squares(self) -> bool:
         """Whether :meth:`residuals` exists (``loss = ½‖residuals‖²``, plus the prior term when ``prior``)."""
-        return False
+
+    @abc.abstractmethod
+    def initial_extra(self, theta) -> Float[Array, " extra"]:
+        """Starting values of the nuisance unknowns at parameters ``θ`` (empty when there are none)."""
 
     def labels(self) -> list[str]:
         """One label per entry of ``θ``."""
@@ -268,11 +273,11 @@ class AbstractObjective(eqx.Module):
     def initial_z(self, theta=None) -> Float[Array, " unknowns"]:
         """The starting ``z``: ``θ`` (default: the model's current values, unconstrained) and its nuisance part."""
         theta = self.spec.to_unconstrained(self.model) if theta is None else jnp.asarray(theta)
-        return theta
+        return jnp.concatenate([theta, self.initial_extra(theta).astype(theta.dtype)])
 
+    @abc.abstractmethod
     def negative_log_likelihood(self, z) -> Float[Array, ""]:
         """The data term of the loss (no prior), without the adjoint wrapper (any-order differentiable)."""
-        raise NotImplementedError
 
     def log_prior(self, z) -> Float[Array, ""]:
         """``log p(T(θ)) + log|det ∂T/∂θ|``: the prior density of ``θ`` in the unconstrained space."""
@@ -300,9 +305,9 @@ class AbstractLeastSquaresObjective(AbstractObjective):
     def is_least_squares(self) -> bool:
         return True
 
+    @abc.abstractmethod
     def residuals(self, z) -> Float[Array, " residuals"]:
         """The whitened residual vector (``NaN`` when a solve failed)."""
-        raise NotImplementedError
 
     def negative_log_likelihood(self, z) -> Float[Array, ""]:
         r = self.residuals(z)
@@ -329,6 +334,13 @@ class TrajectoryObjective(AbstractLeastSquaresObjective):
     prior: bool = eqx.field(static=True)
     adjoint: str = eqx.field(static=True)
     integrator: Tableau | None = eqx.field(static=True, default=None)
+
+    @property
+    def num_extra(self) -> int:
+        return 0
+
+    def initial_extra(self, theta):
+        return jnp.zeros((0,), self.ys.dtype)
 
     def initial_state(self, model):
         """``x₀``: the given one, or the mean of ``model.initial``."""
@@ -384,10 +396,9 @@ class MultipleShootingObjective(AbstractLeastSquaresObjective):
     def initial_state(self, model):
         return model.initial.mean if self.x0 is None else self.x0
 
-    def initial_z(self, theta=None):
-        theta = self.spec.to_unconstrained(self.model) if theta is None else jnp.asarray(theta)
+    def initial_extra(self, theta):
         if self.segments == 1:
-            return theta
+            return jnp.zeros((0,), self.ys.dtype)
         if self.node_init == "array":
             nodes = self.nodes
         elif self.node_init == "data":
@@ -396,7 +407,7 @@ class MultipleShootingObjective(AbstractLeastSquaresObjective):
             model = self.spec.from_unconstrained(self.model, theta)
             xs, _ = rollout(model, self.initial_state(model).astype(self.ys.dtype), self.ts, self.us, self.integrator)
             nodes = xs[self.length * jnp.arange(1, self.segments)]
-        return jnp.concatenate([theta, nodes.ravel().astype(theta.dtype)])
+        return nodes.ravel()
 
     def split(self, z):
         """``(θ, nodes (K, state))`` with ``nodes[0] = x₀``."""
@@ -445,6 +456,17 @@ class FilterObjective(AbstractObjective):
     filter: str = eqx.field(static=True)
     prior: bool = eqx.field(static=True)
     adjoint: str = eqx.field(static=True)
+
+    @property
+    def num_extra(self) -> int:
+        return 0
+
+    @property
+    def is_least_squares(self) -> bool:
+        return False
+
+    def initial_extra(self, theta):
+        return jnp.zeros((0,), self.ys.dtype)
 
     def filter_result(self, z):
         """The filter's :class:`~twinjax.inference.GaussianFilterResult` at ``z``."""

@@ -184,7 +184,13 @@ def _step(objective, optimizer, state: FitState, gtol, problem=None) -> FitState
         static = eqx.partition(optimizer.init(state.z), eqx.is_array)[1]
         opt_state = eqx.combine(state.opt_state, static)
         loss, grad = jax.value_and_grad(objective.loss)(state.z)
-        updates, opt_state = optimizer.update(grad, opt_state, state.z)
+        if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+            # e.g. optax.lbfgs: its line search needs the value and the function
+            updates, opt_state = optimizer.update(
+                grad, opt_state, state.z, value=loss, grad=grad, value_fn=objective.loss
+            )
+        else:
+            updates, opt_state = optimizer.update(grad, opt_state, state.z)
         z = optax.apply_updates(state.z, updates)
         finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(grad))
         small = jnp.max(jnp.abs(grad)) <= gtol
