@@ -385,8 +385,11 @@ def test_lotka_volterra_sweep(tmp_path, capsys):
     assert cli.main(argv) == 0
     record = json.loads((out / "sweep.json").read_text())
     assert record["n_failed"] == 0 and "lr" in record["tracing"]["traced"]
-    assert [g["mode"] for g in record["groups"]] == ["vmap"] and record["groups"][0]["n_devices"] == 4
-    assert len(_read_csv(out / "results.csv")) == 4
+    # a diffrax solve differentiated under shard_map(vmap) trips equinox's closure-conversion check (diffrax#765):
+    # the group runs as a jit of the vmap with the batch sharded by XLA's partitioner instead, still on 4 devices
+    assert [g["mode"] for g in record["groups"]] == ["vmap (sharded jit)"] and record["groups"][0]["n_devices"] == 4
+    rows = _read_csv(out / "results.csv")
+    assert len(rows) == 4 and len({row["loss_ratio"] for row in rows}) == 4  # lr and seed both reach the members
 
 
 @pytest.mark.slow

@@ -469,6 +469,7 @@ class _Engine:
         self.sharding = NamedSharding(self.mesh, P(_AXIS))
         self.dtypes = dtypes
         self.log = log
+        self.shard_map_failed = False  # set once shard_map could not trace a group (see ``trace``)
 
     def members(self, point_ids: Sequence[int]) -> list[tuple[int, int]]:
         return [(p, s) for p in point_ids for s in self.seeds]
@@ -492,28 +493,37 @@ class _Engine:
         return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, self.sharding, lambda i: a[i]), tree)
 
     def trace(self, point_ids: Sequence[int], traced: Sequence[str]):
-        """Trace the vmapped group whose static values are those of ``point_ids[0]``; returns (traced, args)."""
+        """Trace the vmapped group whose static values are those of ``point_ids[0]``; returns (traced, args, mode)."""
         config = self.config_of(point_ids[0])
         values, seeds, _ = self.args(self.members(point_ids), traced)
         # shard_map, not a sharded jit of the vmap: each device runs its members alone, with no collective between
         # devices, so a run-time error raised on one device (eqx.error_if, a solver's throw) surfaces as an exception
         # instead of leaving the other devices waiting in an all-reduce (XLA then aborts the process).
-        batched = jax.shard_map(
-            jax.vmap(_member_fn(self.module.evaluate, config)),
-            mesh=self.mesh,
-            in_specs=P(_AXIS),
-            out_specs=P(_AXIS),
-            check_vma=False,
-        )
-        fn = jax.jit(batched)
-        return fn.trace(values, seeds), (values, seeds)
+        # On one device there is nothing to keep apart and shard_map is skipped. shard_map is also not transparent
+        # to everything it wraps: a diffrax solve differentiated under shard_map(vmap(...)) fails equinox's
+        # closure-conversion check (diffrax#765, equinox PR #1261, open). Then the group falls back to a jit of
+        # the vmap with the batch axis sharded (XLA's partitioner; members on a device may then share its
+        # while loops, which only matters when one raises — the run-time fallback below handles that).
+        batched = jax.vmap(_member_fn(self.module.evaluate, config))
+        if len(self.devices) == 1:
+            return jax.jit(batched).trace(values, seeds), (values, seeds), "vmap"
+        manual = jax.shard_map(batched, mesh=self.mesh, in_specs=P(_AXIS), out_specs=P(_AXIS), check_vma=False)
+        try:
+            return jax.jit(manual).trace(values, seeds), (values, seeds), "vmap"
+        except Exception as e:  # noqa: BLE001 — the partitioner's sharded jit is tried; its error wins if it fails
+            auto = jax.jit(batched, in_shardings=self.sharding, out_shardings=self.sharding).trace(values, seeds)
+            if not self.shard_map_failed:
+                name = self.module.__name__.rsplit(".", 1)[-1]
+                self.log(f"shard_map of {name}.evaluate raised ({_describe(e)}); using a sharded jit of the vmap")
+            self.shard_map_failed = True
+            return auto, (values, seeds), "vmap (sharded jit)"
 
     def run_group(self, point_ids, traced, prepared=None) -> tuple[dict[tuple[int, int], dict], dict[str, Any]]:
         members = self.members(point_ids)
         info: dict[str, Any] = {"members": len(members), "traced": list(traced)}
         start = time.perf_counter()
         try:
-            traced_fn, args = prepared if prepared is not None else self.trace(point_ids, traced)
+            traced_fn, args, mode = prepared if prepared is not None else self.trace(point_ids, traced)
             compiled = traced_fn.lower().compile()
         except Exception as e:  # noqa: BLE001 — reported, and the members then run one by one
             note = f"could not trace/compile the vmapped group ({_describe(e)}); running its members one by one"
@@ -542,7 +552,7 @@ class _Engine:
         else:
             info["n_devices"] = len(self.devices)
         info["padded_to"] = args[1].shape[0]
-        info["mode"] = "vmap"
+        info["mode"] = mode
         host = _to_host(out)
         results = {m: jax.tree.map(lambda a, j=j: np.asarray(a[j]), host) for j, m in enumerate(members)}
         return results, info
