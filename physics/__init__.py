@@ -9,8 +9,8 @@ from .battery import TheveninBattery, battery_twin, cell_5Ah, pybamm_ecm_example
 from .degradation import Degradation, degradation_twin
 from .hvac import Building2R2C, building_twin, stack_inputs, synthetic_occupancy, synthetic_weather
 from .lookup import Lookup
-from .lotka_volterra import LotkaVolterra, lotka_volterra_twin
 from .lorenz import Lorenz63, Lorenz63SDE, Lorenz96, lorenz63_twin, lorenz96_twin
+from .lotka_volterra import LotkaVolterra, lotka_volterra_twin
 from .oscillator import MassSpringDamper, oscillator_twin
 from .pendulum import Pendulum, pendulum_twin
 from .pump import DCMotorPump, pump_twin

@@ -213,7 +213,10 @@ def test_bad_objective_inputs_raise():
         trajectory_objective(twin.dynamics, SPEC, ys)
 
 
-def test_the_four_adjoints_give_the_finite_difference_gradient_through_diffrax():
+@pytest.mark.parametrize(
+    "adjoints", [("recursive", "backsolve", "forward"), pytest.param(("recursive", "direct"), marks=pytest.mark.slow)]
+)
+def test_the_adjoints_give_the_finite_difference_gradient_through_diffrax(adjoints):
     twin = pendulum_twin(Pendulum(length_m=1.1, damping_per_s=0.25), dt=0.1)
     disc = tj.Discretisation(stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12))
     twin = eqx.tree_at(lambda m: m.discretisation, twin, disc)
@@ -223,14 +226,14 @@ def test_the_four_adjoints_give_the_finite_difference_gradient_through_diffrax()
     spec = tj.Params({"dynamics.length_m": tj.positive(), "dynamics.damping_per_s": tj.positive()})
     z = spec.to_unconstrained(twin)
     grads = {}
-    for adjoint in ("recursive", "backsolve", "direct", "forward"):
+    for adjoint in adjoints:
         obj = trajectory_objective(twin, spec, ys, us, ts, adjoint=adjoint)
         grads[adjoint] = grad(obj, z)
-    obj = trajectory_objective(twin, spec, ys, us, ts)
     h = 1e-5
     fd = np.array([(call(obj, "loss_raw", z + h * e) - call(obj, "loss_raw", z - h * e)) / (2 * h) for e in jnp.eye(2)])
-    for adjoint in ("recursive", "direct", "forward"):
+    for adjoint in set(adjoints) - {"backsolve"}:
         np.testing.assert_allclose(grads[adjoint], grads["recursive"], rtol=1e-10)
-    # backsolve integrates the adjoint ODE backwards with the solver's tolerance: equal to that accuracy
-    np.testing.assert_allclose(grads["backsolve"], grads["recursive"], rtol=1e-6)
+    if "backsolve" in grads:
+        # backsolve integrates the adjoint ODE backwards with the solver's tolerance: equal to that accuracy
+        np.testing.assert_allclose(grads["backsolve"], grads["recursive"], rtol=1e-6)
     np.testing.assert_allclose(grads["recursive"], fd, rtol=1e-6)

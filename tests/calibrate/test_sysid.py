@@ -224,42 +224,36 @@ def test_levenberg_marquardt_gauss_newton_and_adam_reach_the_same_optimum():
 
 
 def test_multistart_finds_the_global_optimum_and_reports_failed_starts():
-    # a lightly damped pendulum over 10 periods: the loss in the length has many local minima
+    # an undamped small-amplitude pendulum over ~8 periods: the loss in the length alone has many local minima
     twin = tj.StateSpaceModel(
         PendulumRK4(Pendulum(length_m=1.0, damping_per_s=0.02), 0.1),
         tj.GaussianObservation(_angle, jnp.array([[0.05**2]])),
-        tj.Gaussian(jnp.array([1.0, 0.0]), jnp.eye(2) * 0.01),
+        tj.Gaussian(jnp.array([0.2, 0.0]), jnp.eye(2) * 0.01),
         dt=0.1,
     )
-    truth = np.array([1.0, 0.02])
-    path = tj.simulate(twin, jnp.array([1.0, 0.0]), 0.1 * jnp.arange(200), key=jax.random.key(0))
-    ys = path.xs[:, :1] + 0.02 * jax.random.normal(jax.random.key(1), (200, 1))
-    prior_spec = tj.Params(
-        {
-            "dynamics.pendulum.length_m": tj.positive(prior=dist.LogNormal(0.0, 0.3)),
-            "dynamics.pendulum.damping_per_s": tj.positive(prior=dist.LogNormal(np.log(0.05), 0.3)),
-        }
-    )
-    bad = prior_spec.with_values(twin, jnp.array([3.0, 0.02]))
-    single = fit(bad, prior_spec, ys)
-    assert float(np.max(np.abs(single.params / truth - 1.0))) > 0.5
-    starts = np.log(np.array([[3.0, 0.02], [0.5, 0.1], [2.0, 0.02], [1e-40, 1e40]]))  # the last one overflows
-    ms = multistart(twin, prior_spec, ys, starts=starts)
-    np.testing.assert_allclose(ms.best.params, truth, rtol=0.02)
+    path = tj.simulate(twin, jnp.array([0.2, 0.0]), 0.1 * jnp.arange(300), key=jax.random.key(0))
+    ys = path.xs[:, :1] + 0.02 * jax.random.normal(jax.random.key(1), (300, 1))
+    spec = tj.Params({"dynamics.pendulum.length_m": tj.positive(prior=dist.LogNormal(0.0, 0.1))})
+    single = fit(spec.with_values(twin, jnp.array([3.0])), spec, ys)
+    assert abs(float(single.params[0]) - 1.0) > 0.5  # trapped in a local minimum
+    starts = np.log(np.array([[3.0], [1.3], [1.05], [1e-300]]))  # the last one overflows (g / L = inf)
+    ms = multistart(twin, spec, ys, starts=starts)
+    np.testing.assert_allclose(ms.best.params, [1.0], rtol=2e-3)
     np.testing.assert_allclose(ms.results.params[0], single.params, rtol=1e-8)  # the same optimiser per start
-    assert int(ms.best_index) in (1, 2)
+    assert int(ms.best_index) == 2
+    assert float(ms.results.loss[1]) > 10 * float(ms.best.loss)  # start 1.3 ends in another local minimum
     assert bool(ms.failed[3]) and not bool(np.any(ms.failed[:3]))
     assert int(ms.results.status[3]) == int(tj.Status.nonfinite)
     spread = ms.spread()
     assert spread["n_failed"] == 1 and spread["n_starts"] == 4 and spread["best_loss"] == pytest.approx(ms.best.loss)
     # starts drawn from the prior (the same shapes: no new compilation)
-    drawn = multistart(twin, prior_spec, ys, starts=4, key=jax.random.key(0))
-    assert drawn.results.params.shape == (4, 2)
-    np.testing.assert_allclose(drawn.best.params, truth, rtol=0.02)
+    drawn = multistart(twin, spec, ys, starts=4, key=jax.random.key(0))
+    assert drawn.results.params.shape == (4, 1)
+    np.testing.assert_allclose(drawn.best.params, [1.0], rtol=2e-3)
     with pytest.raises(ValueError, match="`key`"):
-        multistart(twin, prior_spec, ys, starts=6)
+        multistart(twin, spec, ys, starts=6)
     with pytest.raises(ValueError, match="`starts`"):
-        multistart(twin, prior_spec, ys, starts=np.zeros((3, 5)))
+        multistart(twin, spec, ys, starts=np.zeros((3, 5)))
 
 
 def test_multiple_shooting_recovers_the_parameters_from_a_bad_start():
@@ -405,23 +399,20 @@ def _scipy_fit(ts, us, ys, start):
     return np.exp(res.x)
 
 
-def test_noiseless_ode_pendulum_is_recovered_exactly():
+def test_ode_pendulum_exact_recovery_scipy_agreement_and_masked_data():
+    """Through diffrax (one test so the compiled fit is shared): noiseless data give the exact parameters; on noisy
+    data the optimum equals scipy's; masking measurements with NaN gives the same fit as dropping them."""
     start, ts, us, ys = _ode_pendulum(noise=0.0)
     exact = fit(start, ODE_SPEC, ys, us, ts)
     assert bool(exact.converged)
     np.testing.assert_allclose(exact.params, TRUE, rtol=1e-7)
 
-
-def test_noisy_ode_fit_equals_scipy_least_squares_on_the_same_data():
-    start, ts, us, ys = _ode_pendulum(noise=0.05, seed=3)
-    ours = fit(start, ODE_SPEC, ys, us, ts)
-    theirs = _scipy_fit(ts, us, ys, [1.2, 0.2])
+    _, _, _, noisy = _ode_pendulum(noise=0.05, seed=3)
+    ours = fit(start, ODE_SPEC, noisy, us, ts)
+    theirs = _scipy_fit(ts, us, noisy, [1.2, 0.2])
     assert bool(ours.converged)
     np.testing.assert_allclose(ours.params, theirs, rtol=1e-6)
 
-
-def test_masked_measurements_give_the_same_fit_as_dropping_them():
-    start, ts, us, ys = _ode_pendulum(noise=0.05, seed=5)
     drop = np.array([3, 4, 11, 17, 18, 19, 25])
     keep = np.setdiff1d(np.arange(ODE_T), drop)
     # dropping rows makes irregular intervals, each integrated with the control of its first instant (zero-order
@@ -429,8 +420,8 @@ def test_masked_measurements_give_the_same_fit_as_dropping_them():
     us_held = np.asarray(us).copy()
     for k in drop:
         us_held[k] = us_held[k - 1]
-    masked = fit(start, ODE_SPEC, ys.at[drop].set(jnp.nan), jnp.asarray(us_held), ts)
-    dropped = fit(start, ODE_SPEC, ys[keep], jnp.asarray(us_held[keep]), ts[keep])
+    masked = fit(start, ODE_SPEC, noisy.at[drop].set(jnp.nan), jnp.asarray(us_held), ts)
+    dropped = fit(start, ODE_SPEC, noisy[keep], jnp.asarray(us_held[keep]), ts[keep])
     assert bool(masked.converged) and bool(dropped.converged)
     np.testing.assert_allclose(masked.params, dropped.params, rtol=1e-6)
     np.testing.assert_allclose(masked.loss, dropped.loss, rtol=1e-6)

@@ -1,18 +1,17 @@
-"""The `lotka-volterra` experiment at its quick size through the command line, and its `evaluate` compiled and
-vmapped with traced float settings (what `twinjax sweep` does)."""
+"""The `lotka-volterra` experiment at its quick size through the command line, and its `evaluate` compiled with
+traced float settings (what `twinjax sweep` relies on)."""
 
 import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import lotka_volterra
 from twinjax.cli import main
 
 
-def test_lotka_volterra_runs_through_the_cli_and_evaluate_vmaps_over_traced_settings(tmp_path, capsys):
+def test_lotka_volterra_runs_through_the_cli_and_evaluate_compiles_with_traced_settings(tmp_path, capsys):
     assert main(["run", "lotka-volterra", "--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     quick = lotka_volterra.Config.quick()
@@ -28,15 +27,12 @@ def test_lotka_volterra_runs_through_the_cli_and_evaluate_vmaps_over_traced_sett
     assert (tmp_path / "metrics.csv").read_text().startswith("step,loss")
     assert "loss_ratio" in capsys.readouterr().out
 
-    # evaluate with `lr` and `noise` traced and vmapped, as a sweep runs it: member 0 is the CLI's run
-    def member(lr, noise):
-        return lotka_volterra.evaluate(dataclasses.replace(quick, lr=lr, noise=noise), jax.random.key(quick.seed))
-
-    with jax.enable_x64(True):
-        out = jax.jit(jax.vmap(member))(jnp.array([quick.lr, 3 * quick.lr]), jnp.array([quick.noise, quick.noise]))
-    np.testing.assert_allclose(out["losses"][0], losses, rtol=1e-9)
-    assert not np.allclose(out["losses"][1], losses)
-    assert out["loss_ratio"].shape == (2,)
+    # `run` compiled `evaluate` with its float settings traced: another learning rate reuses that compilation
+    before = lotka_volterra._evaluate_jit._cache_size()
+    other = lotka_volterra.evaluate_compiled(dataclasses.replace(quick, lr=3 * quick.lr), jax.random.key(quick.seed))
+    assert lotka_volterra._evaluate_jit._cache_size() == before
+    assert np.all(np.isfinite(other["losses"])) and not np.allclose(other["losses"], losses)
+    np.testing.assert_allclose(other["losses"][0], losses[0], rtol=1e-12)  # same data, same start
 
 
 def test_quick_preset_differs_only_in_sizes():

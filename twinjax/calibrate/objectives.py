@@ -71,10 +71,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import as_float_array, check_finite_leaves
+from .._checks import as_float_array, check_finite_leaves, is_concrete
 from .._types import Array, Float
 from ..inference._base import mask_covariance, masked_residual, prepare_inputs
 from ..model.dynamics import AbstractDiscreteDynamics, AbstractSDEDynamics
+from ..model.observation import GaussianObservation
 from ..model.params import Params
 from ..model.ssm import AbstractStateSpaceModel, StateSpaceModel
 from ..model.status import Status
@@ -166,27 +167,35 @@ def _rollout_fixed(model, x0, ts, us, tableau):
     substeps = model.discretisation.substeps
     dynamics = model.dynamics
 
-    def interval(x, k):
-        h = (ts[k + 1] - ts[k]) / substeps
-        u = us[k]
+    def interval(x, inputs):
+        t0, t1, u = inputs
+        h = (t1 - t0) / substeps
 
         def f(t, x):
             return dynamics.vector_field(t, x, u)
 
         for j in range(substeps):  # static and small: unrolled
-            x = rk_step(f, ts[k] + j * h, x, h, tableau)
+            x = rk_step(f, t0 + j * h, x, h, tableau)
         return x, x
 
     # a tiny state makes per-iteration loop overhead the cost: unrolling a few intervals per iteration halves it
-    _, xs = jax.lax.scan(interval, x0, jnp.arange(ts.shape[0] - 1), unroll=UNROLL)
+    _, xs = jax.lax.scan(interval, x0, (ts[:-1], ts[1:], us[:-1]), unroll=UNROLL)
     xs = jnp.concatenate([x0[None], xs])
     status = jnp.where(jnp.all(jnp.isfinite(xs)), Status.successful, Status.nonfinite).astype(jnp.int32)
     return xs, status
 
 
-def whitened_residuals(model, ts, xs, us, ys) -> Float[Array, "time obs"]:
-    """``L_k⁻¹(y_k − h(t_k, x_k, u_k))`` per time (zero on missing channels), ``L_k L_kᵀ = R_k`` (masked)."""
+def whitened_residuals(model, ts, xs, us, ys, complete: bool = False) -> Float[Array, "time obs"]:
+    """``L_k⁻¹(y_k − h(t_k, x_k, u_k))`` per time (zero on missing channels), ``L_k L_kᵀ = R_k`` (masked).
+
+    ``complete=True`` (no missing value and a sensor with one fixed covariance, :class:`~twinjax.GaussianObservation`)
+    factorises ``R`` once and whitens all times in one triangular solve.
+    """
     obs = model.observation
+    if complete:
+        yhat = jax.vmap(obs.mean)(ts, xs, us)
+        chol = jnp.linalg.cholesky(obs.cov)
+        return jax.scipy.linalg.solve_triangular(chol, (ys - yhat).T, lower=True).T
 
     def one(t, x, u, y):
         r, mask = masked_residual(y, obs.mean(t, x, u))
@@ -334,6 +343,7 @@ class TrajectoryObjective(AbstractLeastSquaresObjective):
     prior: bool = eqx.field(static=True)
     adjoint: str = eqx.field(static=True)
     integrator: Tableau | None = eqx.field(static=True, default=None)
+    complete: bool = eqx.field(static=True, default=False)
 
     @property
     def num_extra(self) -> int:
@@ -356,7 +366,7 @@ class TrajectoryObjective(AbstractLeastSquaresObjective):
     def residuals(self, z) -> Float[Array, " residuals"]:
         model = self.model_at(z)
         xs, status = rollout(model, self.initial_state(model).astype(self.ys.dtype), self.ts, self.us, self.integrator)
-        r = whitened_residuals(model, self.ts, xs, self.us, self.ys).ravel()
+        r = whitened_residuals(model, self.ts, xs, self.us, self.ys, self.complete).ravel()
         return _fail_nan(r, status)
 
 
@@ -563,7 +573,8 @@ def trajectory_objective(
     """
     tableau = _check_integrator(model, integrator)
     model, spec, ys, us, ts, x0, _, name = _prepare(model, spec, ys, us, ts, x0, adjoint)
-    return TrajectoryObjective(model, spec, ys, us, ts, x0, bool(prior), name, tableau)
+    complete = isinstance(model.observation, GaussianObservation) and is_concrete(ys) and bool(np.all(np.isfinite(ys)))
+    return TrajectoryObjective(model, spec, ys, us, ts, x0, bool(prior), name, tableau, complete)
 
 
 def multiple_shooting_objective(

@@ -225,6 +225,10 @@ def fit_init(objective: AbstractObjective, optimizer, z0=None) -> FitState:
     Returns:
         A :class:`FitState`.
 
+    :func:`fit` runs the same iteration; for optimistix solvers it first rescales the unknowns by the curvature at
+    the start (``z = z₀ + u / d``, ``d² = diag JᵀJ`` for least squares — Marquardt's scaling — or
+    ``|diag ∇²ℓ(z₀)|`` for minimisers), which this pure pair leaves to the caller.
+
     Example:
         ```python
         obj = trajectory_objective(twin, spec, ys, us)
@@ -333,19 +337,25 @@ def _finish(model, objective, state: FitState, losses, gtol, optax_like: bool) -
 
 
 def _full_z(objective, z0):
-    """Append the nuisance unknowns' starting values to parameters-only ``z0``."""
+    """Append the nuisance unknowns' starting values to parameters-only ``z0`` (``None``: the model's values)."""
+    if z0 is None:
+        z0 = objective.spec.to_unconstrained(objective.model).astype(objective.ys.dtype)
     if objective.num_extra and z0.shape[0] == objective.num_params:
         return objective.initial_z(z0)
     return z0
 
 
 class _Preconditioned(eqx.Module):
-    """The objective in the scaled unknowns ``u``, ``z = z₀ + u / d``: a quasi-Newton minimiser starting from the
-    identity Hessian then takes its first step at the right scale (``d = sqrt|diag ∇²ℓ(z₀)|``)."""
+    """The objective in the scaled unknowns ``u``, ``z = z₀ + u / d`` with ``d² = |diag ∇²ℓ(z₀)|`` (the Gauss–Newton
+    ``diag JᵀJ`` for least squares: Marquardt's scaling). A quasi-Newton minimiser starting from the identity Hessian
+    then takes its first step at the right scale, and Levenberg–Marquardt's damping ``λ I`` is relative to the
+    curvature of each unknown (without it, a large ``JᵀJ`` makes the initial damping negligible and the first
+    steps overshoot and get rejected one after another)."""
 
     inner: AbstractObjective
     z0: Float[Array, " unknowns"]
     scale: Float[Array, " unknowns"]
+    least_squares: bool = eqx.field(static=True)
 
     @property
     def adjoint(self):
@@ -357,10 +367,13 @@ class _Preconditioned(eqx.Module):
 
     @property
     def is_least_squares(self):
-        return False
+        return self.least_squares
 
     def to_z(self, u):
         return self.z0 + u / self.scale
+
+    def residuals(self, u):
+        return self.inner.residuals(self.to_z(u))
 
     def loss(self, u):
         return self.inner.loss(self.to_z(u))
@@ -379,10 +392,13 @@ def forward_objective(objective):
     return dataclasses.replace(objective, model=model, adjoint="forward")
 
 
-def _curvature_scale(objective, z0):
-    """``d = sqrt|diag ∇²ℓ(z₀)|`` (floored), the diagonal preconditioner of minimisers."""
-    hess = jax.jacfwd(jax.jacfwd(forward_objective(objective).loss_raw))(z0)
-    d = jnp.abs(jnp.diag(hess))
+def _curvature_scale(objective, z0, least_squares: bool):
+    """``d = sqrt|diag ∇²ℓ(z₀)|`` (``‖∂r/∂z_i‖`` for least squares), floored: the diagonal preconditioner."""
+    forward = forward_objective(objective)
+    if least_squares:
+        d = jnp.sum(jax.jacfwd(forward.residuals)(z0) ** 2, axis=0)
+    else:
+        d = jnp.abs(jnp.diag(jax.jacfwd(jax.jacfwd(forward.loss_raw))(z0)))
     floor = 1e-8 * jnp.max(jnp.where(jnp.isfinite(d), d, 0.0)) + jnp.finfo(z0.dtype).tiny
     d = jnp.where(jnp.isfinite(d) & (d > floor), d, jnp.where(jnp.isfinite(d), floor, 1.0))
     return jnp.sqrt(d)
@@ -391,8 +407,9 @@ def _curvature_scale(objective, z0):
 def _run(model, objective, optimizer, z0, steps: int, gtol) -> FitResult:
     z0 = _full_z(objective, z0)
     losses = jnp.full((steps,), jnp.nan, z0.dtype)
-    if isinstance(optimizer, optx.AbstractMinimiser):
-        pre = _Preconditioned(objective, z0, _curvature_scale(objective, z0))
+    if not _is_optax(optimizer):
+        least_squares = isinstance(optimizer, optx.AbstractLeastSquaresSolver)
+        pre = _Preconditioned(objective, z0, _curvature_scale(objective, z0, least_squares), least_squares)
         state = _init(pre, optimizer, jnp.zeros_like(z0))
         state, losses = _advance(pre, optimizer, state, losses, steps, gtol)
         state = eqx.tree_at(lambda s: s.z, state, pre.to_z(state.z))
@@ -465,7 +482,7 @@ def _check_steps(steps, optimizer) -> int:
 def _check_z0(objective, z0, name="z0"):
     n, extra = objective.num_params, objective.num_extra
     if z0 is None:
-        return objective.spec.to_unconstrained(objective.model).astype(objective.ys.dtype)
+        return None  # the model's current values, read inside the compiled call
     z0 = jnp.asarray(z0, dtype=objective.ys.dtype)
     if z0.shape == (n,):
         return z0
@@ -565,8 +582,8 @@ def fit(
     optimizer = resolve_optimizer(optimizer, objective, rtol=rtol, atol=atol, learning_rate=learning_rate)
     steps = _check_steps(steps, optimizer)
     z_start = _check_z0(objective, z0)
-    gtol = jnp.asarray(gtol, z_start.dtype)
-    traced = isinstance(z_start, jax.core.Tracer)
+    gtol = jnp.asarray(gtol, objective.ys.dtype)
+    traced = isinstance(objective.ys, jax.core.Tracer) or isinstance(z_start, jax.core.Tracer)
     if progress and not traced:
         return _run_with_progress(model, objective, optimizer, z_start, steps, gtol)
     return _fit_jit(model, objective, optimizer, z_start, steps, gtol)
