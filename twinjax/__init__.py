@@ -6,7 +6,7 @@ decisions and causal queries. This module only re-exports the public API.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import calibrate as calibrate, inference as inference
+from . import calibrate as calibrate, generative as generative, inference as inference
 from .model import (
     AbstractDiscreteDynamics,
     AbstractDynamics,
@@ -65,6 +65,7 @@ __all__ = [
     "Trajectory",
     "calibrate",
     "ensemble",
+    "generative",
     "inference",
     "interval",
     "parameters_as_arrays",

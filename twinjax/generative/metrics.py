@@ -39,13 +39,19 @@ def _offdiag_mean(k):
     return (jnp.sum(k) - jnp.trace(k)) / (n * (n - 1))
 
 
-def mmd(x, y, bandwidths: Float[Array, " k"] | None = None) -> Float[Array, ""]:
+def _within_mean(k, unbiased):
+    return _offdiag_mean(k) if unbiased else jnp.mean(k)
+
+
+def mmd(x, y, bandwidths: Float[Array, " k"] | None = None, *, unbiased: bool = True) -> Float[Array, ""]:
     """Unbiased MMD² between samples ``x`` and ``y`` (Gaussian kernels; see the module docstring).
 
     Args:
         x, y: samples ``(n, ...)`` and ``(m, ...)``, same trailing shape.
         bandwidths: kernel length scales; default the median heuristic times ``(0.25, 0.5, 1, 2, 4)``, with the
             median taken over the pooled sample (not differentiated through).
+        unbiased: the U-statistic (default; averages 0 for two samples of one law) or the biased V-statistic
+            (always ≥ 0: what a "within k× of an independent data sample" comparison needs).
     """
     x, y = _flat(x, "x"), _flat(y, "y")
     if x.shape[1] != y.shape[1]:
@@ -60,11 +66,12 @@ def mmd(x, y, bandwidths: Float[Array, " k"] | None = None) -> Float[Array, ""]:
     def kern(d):
         return jnp.sum(jnp.exp(-(d[..., None] ** 2) / (2.0 * bandwidths**2)), axis=-1)
 
-    return _offdiag_mean(kern(dxx)) + _offdiag_mean(kern(dyy)) - 2.0 * jnp.mean(kern(dxy))
+    return _within_mean(kern(dxx), unbiased) + _within_mean(kern(dyy), unbiased) - 2.0 * jnp.mean(kern(dxy))
 
 
-def energy_distance(x, y) -> Float[Array, ""]:
-    """The energy distance ``2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖`` (U-statistics within samples)."""
+def energy_distance(x, y, *, unbiased: bool = True) -> Float[Array, ""]:
+    """The energy distance ``2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖`` (U-statistics within samples, or the biased
+    V-statistics with ``unbiased=False``)."""
     x, y = _flat(x, "x"), _flat(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(
@@ -72,6 +79,6 @@ def energy_distance(x, y) -> Float[Array, ""]:
         )
     return (
         2.0 * jnp.mean(pairwise_distances(x, y))
-        - _offdiag_mean(pairwise_distances(x, x))
-        - _offdiag_mean(pairwise_distances(y, y))
+        - _within_mean(pairwise_distances(x, x), unbiased)
+        - _within_mean(pairwise_distances(y, y), unbiased)
     )

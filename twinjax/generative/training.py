@@ -39,7 +39,9 @@ class TrainState(eqx.Module):
     Attributes:
         params: the trainable leaves of the model (``eqx.partition(model, eqx.is_inexact_array)[0]``).
         opt_state: the optax state (a ``(critic, generator)`` pair for adversarial models).
-        ema: the moving average of ``params`` (``None`` without ``ema_decay``).
+        ema: the moving average of ``params`` started at zero (``None`` without ``ema_decay``); the average is
+            ``ema / (1 − decay^step)`` (bias-corrected as Adam's moments, so early steps do not keep the random
+            initial weights in it).
         step: number of steps taken.
         key: raw PRNG key data (``jax.random.key_data``) from which step ``t`` folds in ``t``.
     """
@@ -114,7 +116,7 @@ def init(model: AbstractGenerativeModel, optimizer, key: jax.Array, *, ema_decay
         opt_state = (opts[0].init(critic), opts[1].init(gen))
     else:
         opt_state = opts.init(params)
-    ema = params if ema_decay is not None else None
+    ema = jax.tree.map(jnp.zeros_like, params) if ema_decay is not None else None
     return TrainState(params, opt_state, ema, jnp.asarray(0, jnp.int32), jax.random.key_data(key))
 
 
@@ -195,6 +197,12 @@ def step(
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
     new = TrainState(params, opt_state, ema, state.step + 1, state.key)
     return new, metrics
+
+
+def ema_average(state: TrainState, ema_decay: float):
+    """The bias-corrected moving average of the parameters held in ``state``."""
+    correction = 1.0 - ema_decay ** state.step.astype(float)
+    return jax.tree.map(lambda e: e / correction, state.ema)
 
 
 TRACES = {"chunk": 0}  # how many times a training chunk has been traced (tests assert no retracing)
@@ -352,6 +360,6 @@ def train(
         bar.close()
     _, static = _split(model)
     raw = eqx.combine(state.params, static)
-    final = eqx.combine(state.ema, static) if ema_decay is not None else raw
+    final = eqx.combine(ema_average(state, ema_decay), static) if ema_decay is not None else raw
     hist = {k: np.asarray(v) for k, v in history.items()}
     return TrainResult(final, raw, hist, state, compile_s, run_s)
