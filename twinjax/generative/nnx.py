@@ -5,8 +5,10 @@ module system. :func:`from_nnx` splits the module into its graph definition (sta
 of arrays, the trainable leaves), and the adapter merges them back on each call::
 
     from flax import nnx
-    net = tj.generative.from_nnx(MyMLP(rngs=nnx.Rngs(0)))     # now an eqx.Module
-    flow = tj.generative.CouplingFlow(..., conditioner=net)  # or any place a callable network goes
+    net = tj.generative.from_nnx(MyMLP(rngs=nnx.Rngs(0)))  # now an eqx.Module
+    class MyModel(tj.generative.AbstractGenerativeModel):   # a field of any model; trained by train()
+        net: eqx.Module
+        ...
 
 flax is an optional dependency (``pip install twinjax[flax]``); it is imported only when the adapter is used.
 """
