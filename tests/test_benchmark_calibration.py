@@ -4,9 +4,12 @@ The full run (``python -m benchmarks calibration --json PATH``, minutes) is repo
 import json
 import math
 
+import pytest
+
 from benchmarks.__main__ import available, main
 
 
+@pytest.mark.slow  # 77 s in CI; `python -m benchmarks calibration` is run for every closing note
 def test_calibration_quick_json(tmp_path):
     assert "calibration" in available()
     path = tmp_path / "calibration.json"

@@ -118,6 +118,7 @@ def test_jacobian_scaled_transition_is_dappers_ekf_inflation():
     assert config.ekf_inflation**0.05 == pytest.approx(1.122, abs=1e-3)
 
 
+@pytest.mark.slow  # a benchmark smoke run (23 s in CI); the benchmark itself is run for the closing note
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")

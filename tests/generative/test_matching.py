@@ -25,7 +25,7 @@ def _observed(n=96, seed=0):
     return jax.vmap(lambda k: tj.simulate(truth, None, TS, key=k).ys)(keys)
 
 
-@pytest.mark.parametrize("distance", ["mmd", "energy"])
+@pytest.mark.parametrize("distance", [pytest.param("mmd", marks=pytest.mark.slow), "energy"])  # mmd: 39 s in CI
 def test_unpaired_trajectories_recover_stiffness_and_damping(distance):
     start = _twin(1.3, 0.6)  # frequency off by 20 %, damping doubled
     res = distribution_matching(
