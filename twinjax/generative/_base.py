@@ -22,7 +22,24 @@ import jax
 
 from .._types import Array, Float, Scalar
 
-__all__ = ["AbstractAdversarial", "AbstractGenerativeModel"]
+__all__ = ["AbstractAdversarial", "AbstractGenerativeModel", "check_cond"]
+
+
+def check_cond(owner: str, cond, n: int, cond_dim: int):
+    """Validate a model's conditioning input: ``None`` for an unconditional model (``cond_dim == 0``), else an
+    ``(n, cond_dim)`` array (a single ``(cond_dim,)`` row is broadcast). Errors name ``owner`` and ``cond``."""
+    if cond_dim == 0:
+        if cond is not None:
+            raise ValueError(f"{owner}: `cond` was given but the model is unconditional (cond_dim=0)")
+        return None
+    if cond is None:
+        raise ValueError(f"{owner}: `cond` is required: the model is conditional (cond_dim={cond_dim})")
+    cond = jax.numpy.asarray(cond)
+    if cond.ndim == 1:
+        cond = jax.numpy.broadcast_to(cond, (n, cond.shape[0]))
+    if cond.shape != (n, cond_dim):
+        raise ValueError(f"{owner}: `cond` must have shape ({n}, {cond_dim}) or ({cond_dim},), got {cond.shape}")
+    return cond
 
 
 class AbstractGenerativeModel(eqx.Module):

@@ -76,7 +76,7 @@ import numpy as np
 
 from .._checks import is_concrete
 from .._types import Array, ArrayLike, Float, Scalar
-from ._base import AbstractGenerativeModel
+from ._base import AbstractGenerativeModel, check_cond
 
 __all__ = [
     "AbstractSDE",
@@ -332,18 +332,7 @@ class ScoreDiffusion(AbstractGenerativeModel):
         return x
 
     def _cond(self, cond, n):
-        if self.cond_dim == 0:
-            if cond is not None:
-                raise ValueError("`cond` was given but the model is unconditional (cond_dim=0)")
-            return None
-        if cond is None:
-            raise ValueError(f"`cond` is required: the model is conditional (cond_dim={self.cond_dim})")
-        cond = jnp.asarray(cond)
-        if cond.ndim == 1:
-            cond = jnp.broadcast_to(cond, (n, cond.shape[0]))
-        if cond.shape != (n, self.cond_dim):
-            raise ValueError(f"`cond` must have shape ({n}, {self.cond_dim}) or ({self.cond_dim},), got {cond.shape}")
-        return cond
+        return check_cond("ScoreDiffusion", cond, n, self.cond_dim)
 
     def loss(self, key: jax.Array, batch: Float[Array, "n d"], cond=None, *,
              weighting: str = "sigma2") -> tuple[Scalar, dict[str, Any]]:  # fmt: skip

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._types import Array, ArrayLike, Bool, Float, Scalar
-from ._base import AbstractGenerativeModel
+from ._base import AbstractGenerativeModel, check_cond
 
 __all__ = ["CouplingFlow", "coupling_masks", "rational_quadratic_spline"]
 
@@ -272,20 +272,7 @@ class CouplingFlow(AbstractGenerativeModel):
         return x
 
     def _cond(self, cond, n):
-        if self.cond_dim == 0:
-            if cond is not None:
-                raise ValueError("CouplingFlow: `cond` was given but the flow is unconditional (cond_dim=0)")
-            return None
-        if cond is None:
-            raise ValueError(f"CouplingFlow: `cond` is required: the flow is conditional (cond_dim={self.cond_dim})")
-        cond = jnp.asarray(cond)
-        if cond.ndim == 1:
-            cond = jnp.broadcast_to(cond, (n, cond.shape[0]))
-        if cond.shape != (n, self.cond_dim):
-            raise ValueError(
-                f"CouplingFlow: `cond` must have shape ({n}, {self.cond_dim}) or ({self.cond_dim},), got {cond.shape}"
-            )
-        return cond
+        return check_cond("CouplingFlow", cond, n, self.cond_dim)
 
     # -- public API
     def forward(self, x: ArrayLike, cond: ArrayLike | None = None) -> tuple[Float[Array, "n d"], Float[Array, " n"]]:

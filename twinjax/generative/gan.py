@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from .._types import Array, Float, Scalar
-from ._base import AbstractAdversarial
+from ._base import AbstractAdversarial, check_cond
 
 __all__ = ["ConditionalGAN", "CycleGAN", "TranslatedSensor", "gradient_penalty"]
 
@@ -212,18 +212,8 @@ class ConditionalGAN(AbstractAdversarial):
         self.critic = eqx.nn.MLP(d + cond_dim, "scalar", width, depth, activation=jax.nn.leaky_relu, key=k_d)
 
     def _cond(self, cond, n: int) -> Float[Array, "n c"]:
-        if self.cond_dim == 0:
-            if cond is not None:
-                raise ValueError("ConditionalGAN: this model is unconditional (cond_dim=0) but `cond` was given")
-            return jnp.zeros((n, 0), self.loc.dtype)
-        if cond is None:
-            raise ValueError(f"ConditionalGAN: `cond` of shape (n, {self.cond_dim}) is required (cond_dim > 0)")
-        cond = jnp.asarray(cond)
-        if cond.ndim == 1:
-            cond = jnp.broadcast_to(cond, (n, cond.shape[0]))
-        if cond.shape != (n, self.cond_dim):
-            raise ValueError(f"ConditionalGAN: `cond` must have shape ({n}, {self.cond_dim}), got {cond.shape}")
-        return cond
+        cond = check_cond("ConditionalGAN", cond, n, self.cond_dim)
+        return jnp.zeros((n, 0), self.loc.dtype) if cond is None else cond
 
     def _flat_std(self, x):
         x = jnp.asarray(x)
