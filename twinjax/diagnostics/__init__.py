@@ -1,1 +1,2 @@
-"""twinjax.diagnostics — see DESIGN.md; built by its own issue."""
+"""``twinjax.diagnostics``: calibrated anomaly detection, residual tests on filter innovations, and prognostics
+(degradation posteriors and remaining useful life)."""
