@@ -131,9 +131,10 @@ class AbstractSDE(eqx.Module):
         """Standard deviation of the prior ``N(0, σ_T² I)``."""
         return self.marginal_coeffs(self.T)[1]
 
-    def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> Array:
-        """Draws of shape ``shape`` from the prior."""
-        return self.prior_std() * jax.random.normal(key, shape)
+    def prior_sample(self, key: jax.Array, shape: tuple[int, ...], dtype=None) -> Array:
+        """Draws of shape ``shape`` (and ``dtype``, default JAX's float) from the prior."""
+        z = jax.random.normal(key, shape, dtype=dtype)
+        return (self.prior_std() * z).astype(z.dtype)
 
     def prior_log_prob(self, x: ArrayLike) -> Array:
         """Log-density of the prior, summed over the last axis."""
@@ -319,7 +320,7 @@ class ScoreDiffusion(AbstractGenerativeModel):
     def from_latent(self, z: Float[Array, "n d"]) -> Float[Array, "n d"]:
         """``x = loc + scale z``."""
         loc, scale = self._affine()
-        return loc + scale * z
+        return (loc + scale * z).astype(loc.dtype)  # the model's dtype, whatever the solver ran in
 
     def score_one(self, z: Float[Array, " d"], t: Scalar, cond: Float[Array, " c"] | None = None) -> Float[Array, " d"]:
         """The learned score ``s(z, t) = ε̂(z, t, c)/σ_t`` of one standardised point."""
@@ -378,7 +379,9 @@ class ScoreDiffusion(AbstractGenerativeModel):
         _check_sampler(n, method, steps)
         cond = self._cond(cond, n)
         t_min = self.eps if t_min is None else float(t_min)
-        z = _reverse_solve(self.sde, self.score_one, key, n, self.data_dim, cond, method, steps, t_min, rtol, atol)
+        z = _reverse_solve(
+            self.sde, self.score_one, key, n, self.data_dim, cond, method, steps, t_min, rtol, atol, self.loc.dtype
+        )
         return self.from_latent(z)
 
     def log_prob(self, x: Float[Array, "n d"], cond=None, *, hutchinson: bool = False, key: jax.Array | None = None,
@@ -414,12 +417,12 @@ def _batched(score, cond):
 
 
 @eqx.filter_jit
-def _reverse_solve(sde, score, key, n, dim, cond, method, steps, t_min, rtol, atol):
+def _reverse_solve(sde, score, key, n, dim, cond, method, steps, t_min, rtol, atol, dtype):
     """Integrate the reverse SDE / probability-flow ODE of ``score(z (d,), t, c)`` from the prior at ``T`` to
     ``t_min``; returns ``(n, d)``."""
     TRACES["reverse"] += 1
     k_prior, k_bm = jax.random.split(key)
-    z_T = sde.prior_sample(k_prior, (n, dim))
+    z_T = sde.prior_sample(k_prior, (n, dim), dtype)
     batched = _batched(score, cond)
     if method == "ode":
 
@@ -579,7 +582,9 @@ def sample_posterior(model: ScoreDiffusion, key: jax.Array, n: int, y, H, R, con
     _check_sampler(n, method, steps)
     cond = model._cond(cond, n)
     t_min = model.eps if t_min is None else float(t_min)
-    z = _reverse_solve(model.sde, score, key, n, model.data_dim, cond, method, steps, t_min, rtol, atol)
+    z = _reverse_solve(
+        model.sde, score, key, n, model.data_dim, cond, method, steps, t_min, rtol, atol, model.loc.dtype
+    )
     return model.from_latent(z)
 
 

@@ -104,11 +104,19 @@ def _critic_mask(model, params):
     return jax.tree.map(lambda m, p: bool(m) and p is not None, mask, params, is_leaf=lambda x: x is None)
 
 
+def _strong(tree):
+    """``tree`` with every array strongly typed. A weakly typed leaf (a Python float in a twin's parameters) turns
+    strong after the first update; left weak, it would retrace the compiled step once per chunk, and again when the
+    trained model is trained further."""
+    return jax.tree.map(lambda a: jnp.asarray(a, a.dtype) if eqx.is_array(a) else a, tree)
+
+
 def init(model: AbstractGenerativeModel, optimizer, key: jax.Array, *, ema_decay: float | None = None) -> TrainState:
     """The initial :class:`TrainState` of ``model`` under ``optimizer`` (an optax ``GradientTransformation``, or a
     ``(critic, generator)`` pair for adversarial models)."""
     _check_model(model)
     params, _ = _split(model)
+    params = _strong(params)
     opts = _optimizers(model, optimizer)
     if isinstance(model, AbstractAdversarial):
         mask = _critic_mask(model, params)
@@ -305,6 +313,7 @@ def train(
         raise ValueError(f"train: `ema_decay` must be in [0, 1), got {ema_decay}")
     _check_data(data, cond, batch_size)
     checkpoint_every = checkpoint_every or log_every
+    model = _strong(model)
     state = init(model, optimizer, key, ema_decay=ema_decay)
     history: dict[str, list] = {}
     out = None
