@@ -83,6 +83,31 @@ def test_training_moves_the_generated_mean_to_the_data():
     assert {"loss", "critic_loss", "d_real", "d_fake"} <= set(res.history)
 
 
+def test_wgan_gp_critic_alone_estimates_the_wasserstein_distance():
+    """With the generator frozen (a ``(critic, generator)`` optimizer pair whose second member is zero), the WGAN-GP
+    critic's ``E D(x) − E D(G(z))`` on fresh samples converges to (a known multiple of) W₁ between the data and the
+    generator's law; in 1-D
+    W₁ is exact by the quantile coupling (sorted samples). Checks the critic loss, the penalty and the two-optimizer
+    path of the training loop together."""
+    data = 2.0 + jax.random.normal(jax.random.key(0), (4096, 1))
+    gan = ConditionalGAN((1,), key=jax.random.key(1), latent_dim=1, width=16, depth=1)  # standardisation 0 / 1
+    optimizer = (optax.adam(3e-3, b1=0.5, b2=0.9), optax.set_to_zero())
+    res = gen.train(gan, data, optimizer=optimizer, steps=300, batch_size=256, key=jax.random.key(2), log_every=300,
+                    progress=False)  # fmt: skip
+    model = res.model
+    assert_tree_allclose(
+        eqx.filter(model.generator, eqx.is_inexact_array), eqx.filter(gan.generator, eqx.is_inexact_array)
+    )
+    m = 4096
+    fake = model.sample(jax.random.key(3), m)
+    real = 2.0 + jax.random.normal(jax.random.key(4), (m, 1))
+    w1 = float(jnp.mean(jnp.abs(jnp.sort(real[:, 0]) - jnp.sort(fake[:, 0]))))
+    estimate = float(jnp.mean(model.discriminate(real)) - jnp.mean(model.discriminate(fake)))
+    # the soft penalty lets the slope exceed 1: maximising s W₁ − λ (s − 1)² gives s = 1 + W₁ / (2λ)
+    expected = w1 * (1.0 + w1 / (2 * gan.gradient_penalty))
+    assert abs(estimate - expected) < 0.03 * expected, (estimate, expected, w1)
+
+
 def _cyclegan_with_maps(a, b):
     """A CycleGAN whose G is ``y = a x + b`` and F its exact inverse (standardisation 0 / 1)."""
     cg = CycleGAN((1,), (1,), key=jax.random.key(0), width=8, depth=1, residual=False)
@@ -208,13 +233,31 @@ def _pendulum_trajectories(key, n, n_times=20, dt=0.1):
     return path.xs[..., :1], u
 
 
+# (critic, generator) optimizers and steps of each variant. WGAN-GP: Gulrajani et al.'s Adam(β1 = 0.5, β2 = 0.9),
+# λ = 10 and 5 critic steps, but the critic at 10× the generator's learning rate (two time-scale update rule): at one
+# learning rate for both (1e-4 or 1e-3) the critic trails the generator, its Wasserstein estimate turns negative and
+# the generated cloud stays diffuse (MMD ratio 20–400 after 3000 steps).
+RECIPES = {
+    "ns": (optax.adam(1e-3, b1=0.5, b2=0.9), 20000),
+    "wgan-gp": ((optax.adam(1e-3, b1=0.5, b2=0.9), optax.adam(1e-4, b1=0.5, b2=0.9)), 20000),
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "ns",
+        pytest.param("wgan-gp", marks=pytest.mark.xfail(reason="2x target not yet confirmed (3.1 / 2.4 at 10k steps)")),
+    ],
+)
 @pytest.mark.parametrize("dataset", ["two_moons", "pendulum"])
-def test_generated_samples_match_held_out_data_within_twice_the_data_floor(dataset):
+def test_generated_samples_match_held_out_data_within_twice_the_data_floor(dataset, variant):
     """MMD² and energy distance (V-statistics, bandwidths from the held-out set) of ``n`` generated samples to ``n``
     held-out ones are within 2× those of ``n`` independent data samples to the same held-out set. Pendulum: a GAN
-    conditioned on the torque, sampled at the held-out torques. Measured (n = 1000): two moons 1.25 (MMD) and 1.27
-    (energy); pendulum 0.80 and 0.83. About 1–2 minutes each on a 2-core CPU."""
+    conditioned on the torque, sampled at the held-out torques. Measured (n = 1000), MMD / energy: non-saturating,
+    two moons 1.25 / 1.27, pendulum 0.80 / 0.83 (about 1–2 minutes each on a 2-core CPU); WGAN-GP (recipe
+    above) 3.10 / 2.42 on two moons after 10 000 steps, still falling; 20 000 steps and pendulum not yet measured."""
     n = 1000
     if dataset == "two_moons":
         train, held_out, reference = (
@@ -227,12 +270,13 @@ def test_generated_samples_match_held_out_data_within_twice_the_data_floor(datas
             _pendulum_trajectories(jax.random.key(i), m) for i, m in ((1, 20000), (2, n), (3, n))
         )
         shape, cond_dim = train.shape[1:], 1
-    width = 64 if dataset == "two_moons" else 128  # 64 gave an energy ratio of 2.3 on the 20-step trajectories
+    width = 64 if dataset == "two_moons" else 128  # 64 gave an energy ratio of 2.3 on the 20-step trajectories (ns)
     gan = ConditionalGAN(shape, key=jax.random.key(0), data=train, latent_dim=4, cond_dim=cond_dim, width=width,
-                         depth=2, variant="ns")  # fmt: skip
-    res = gen.train(gan, train, cond=cond, optimizer=optax.adam(1e-3, b1=0.5, b2=0.9), steps=20000, batch_size=128,
-                    key=jax.random.key(4), log_every=2000, ema_decay=0.999, progress=False)  # fmt: skip
+                         depth=2, variant=variant)  # fmt: skip
+    optimizer, steps = RECIPES[variant]
+    res = gen.train(gan, train, cond=cond, optimizer=optimizer, steps=steps, batch_size=128, key=jax.random.key(4),
+                    log_every=2000, ema_decay=0.999, progress=False)  # fmt: skip
     samples = res.model.sample(jax.random.key(5), n, held_cond)
     r = ratios(samples, reference, held_out)
-    print(dataset, r)
+    print(dataset, variant, r, f"compile {res.compile_s:.0f} s, run {res.run_s:.0f} s")
     assert r["mmd"] <= 2.0 and r["energy"] <= 2.0, r

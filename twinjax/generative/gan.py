@@ -30,8 +30,11 @@ must come from independent draws).
 Measured (tests/generative/test_gan.py, slow): the non-saturating GAN (2×64 or 2×128 MLPs, Adam 1e-3 with
 ``b1=0.5``, 20 000 steps, parameter EMA 0.999 via ``train(ema_decay=...)``) brings MMD² and the energy distance of
 1000 samples to held-out data within 1.3× of the data-vs-data figure on two moons and 0.8× on pendulum trajectories.
-WGAN-GP with the same budget was well short of it (20–60× on two moons after 2000–4000 steps; it is known to need
-smaller learning rates and longer runs).
+WGAN-GP needs its critic to learn faster than its generator: with one learning rate for both (1e-3 or 1e-4) the
+critic trails, its Wasserstein estimate turns negative and the samples stay diffuse (MMD ratio 20–400 on two moons
+after 3000 steps). With a ``(critic, generator)`` pair ``adam(1e-3)`` / ``adam(1e-4)`` (``b1=0.5, b2=0.9``, λ = 10,
+5 critic steps) the two-moons ratios fall steadily: MMD 14.8 / 5.5 / 3.1 and energy 10.3 / 4.0 / 2.4 after
+2000 / 4000 / 10 000 steps.
 
 References:
     Goodfellow et al. (2014), Generative adversarial nets. Mirza & Osindero (2014), Conditional generative
