@@ -1,2 +1,66 @@
-"""``twinjax.diagnostics``: calibrated anomaly detection, residual tests on filter innovations, and prognostics
-(degradation posteriors and remaining useful life)."""
+"""``twinjax.diagnostics``: calibrated anomaly detection (:mod:`.anomaly`), residual tests on filter innovations —
+NIS χ², CUSUM tuned for an average run length, parameter drift — (:mod:`.residuals`), and prognostics: degradation
+posteriors and remaining useful life (:mod:`.prognostics`). See docs/diagnostics.md, docs/diagnostics_residuals.md and
+docs/prognostics.md."""
+
+from . import anomaly as anomaly, prognostics as prognostics, residuals as residuals
+from .anomaly import (
+    conformal_threshold as conformal_threshold,
+    detect as detect,
+    detection_delay as detection_delay,
+    false_alarm_rate as false_alarm_rate,
+    filter_score as filter_score,
+    inject_bias as inject_bias,
+    inject_drift as inject_drift,
+    inject_noise as inject_noise,
+    inject_stuck as inject_stuck,
+    iwae_score as iwae_score,
+    log_prob_score as log_prob_score,
+    roc_auc as roc_auc,
+    roc_curve as roc_curve,
+    simulate_parameter_change as simulate_parameter_change,
+    sliding_sum as sliding_sum,
+    window_score as window_score,
+)
+from .prognostics import (
+    IncrementStats as IncrementStats,
+    NormalInverseGamma as NormalInverseGamma,
+    NUTSFit as NUTSFit,
+    PosteriorMoments as PosteriorMoments,
+    PrognosticState as PrognosticState,
+    RateNormal as RateNormal,
+    RULPrediction as RULPrediction,
+    SVIFit as SVIFit,
+    degradation_model as degradation_model,
+    failure_time as failure_time,
+    first_passage_times as first_passage_times,
+    inverse_gaussian_cdf as inverse_gaussian_cdf,
+    nuts_posterior as nuts_posterior,
+    predict_rul as predict_rul,
+    prognostic_init as prognostic_init,
+    prognostic_step as prognostic_step,
+    rul_online as rul_online,
+    svi_posterior as svi_posterior,
+)
+from .residuals import (
+    CusumResult as CusumResult,
+    RunLengths as RunLengths,
+    augment_parameter as augment_parameter,
+    calibrate_cusum as calibrate_cusum,
+    chi2_quantile as chi2_quantile,
+    chi2_threshold as chi2_threshold,
+    cusum as cusum,
+    drift_test as drift_test,
+    drift_threshold as drift_threshold,
+    filter_nis as filter_nis,
+    mean_cusum as mean_cusum,
+    nis as nis,
+    nis_cusum as nis_cusum,
+    nis_test as nis_test,
+    run_lengths as run_lengths,
+    siegmund_arl as siegmund_arl,
+    siegmund_threshold as siegmund_threshold,
+    variance_reference as variance_reference,
+    whiten as whiten,
+    windowed_nis as windowed_nis,
+)
