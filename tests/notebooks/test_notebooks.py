@@ -6,9 +6,12 @@ import runpy
 import pytest
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[2] / "notebooks").glob("*.py"))
+SLOW = {"03_generative"}  # trains four generative models: ~75 s on the 2-core CI machine (run with -m slow)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in NOTEBOOKS], ids=lambda p: p.stem
+)
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("TWINJAX_NOTEBOOK_MEMBERS", "16")
     runpy.run_path(str(path), run_name="__main__")
