@@ -1,6 +1,7 @@
 """Test configuration (STYLE.md §14): JAX is configured here, never at import time of the library.
 
-- 4 virtual CPU devices, so sharding is exercised on any machine (set before JAX is imported);
+- 4 virtual CPU devices, so sharding is exercised on any machine, and XLA's backend at -O0 (set before JAX is
+  imported);
 - float64 on; a persistent compilation cache in a private folder, one per xdist worker;
 - a PRNG-key fixture; warnings are errors (pyproject's filterwarnings);
 - the ``strict`` marker runs a test under strict dtype promotion and rank-promotion errors (twinjax-only code: numpyro
@@ -10,7 +11,9 @@
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# LLVM at -O0: test workloads are compile-dominated, and it cut their CPU time by 20–22 % (measured on two sets of test
+# files); floating-point semantics are unchanged (XLA:CPU does not enable fast math)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
