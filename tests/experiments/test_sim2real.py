@@ -36,6 +36,9 @@ def test_real_sensor_noise_is_ar1_with_the_stationary_sd():
     np.testing.assert_allclose(mean, [0.8], rtol=1e-6)  # saturated: s + b
 
 
+# The quick run's 1000-step CycleGAN is sensitive to the last bits of its arithmetic: error ratio 0.76 with XLA at -O2,
+# 3.9 at -O0 (tests/conftest.py) — a claim about it would be luck, so it runs with the slow checks
+@pytest.mark.slow
 def test_sim2real_quick_runs_through_the_cli(tmp_path, capsys):
     assert main(["run", "sim2real", "--quick", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "results.json").read_text())
