@@ -6,7 +6,14 @@ decisions and causal queries. This module only re-exports the public API.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import calibrate as calibrate, diagnostics as diagnostics, generative as generative, inference as inference
+from . import (
+    calibrate as calibrate,
+    control as control,
+    diagnostics as diagnostics,
+    generative as generative,
+    inference as inference,
+    risk as risk,
+)
 from .model import (
     AbstractDiscreteDynamics,
     AbstractDynamics,
