@@ -58,6 +58,25 @@ def check_covariance(cov, name: str) -> None:
         raise ValueError(f"`{name}` must be positive semi-definite; its smallest eigenvalue is {eig.min():.3g}.")
 
 
+def as_gaussian(mean, cov, mean_name: str = "mean", cov_name: str = "cov") -> tuple[jax.Array, jax.Array]:
+    """A Gaussian's ``(mean (n,), cov (n, n))`` as float arrays, checked: shapes agree and ``cov`` is a covariance."""
+    mean = as_float_array(mean, mean_name, ndim=1)
+    cov = as_float_array(cov, cov_name)
+    check_square(cov, cov_name, mean.shape[0])
+    check_covariance(cov, cov_name)
+    return mean, cov
+
+
+def concrete_probability(value, name: str) -> float:
+    """``value`` as a Python float in the open interval (0, 1); it must be concrete (it sets a threshold or a shape)."""
+    if not is_concrete(value) or np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a concrete scalar in (0, 1) (a Python float), got {value!r}.")
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"`{name}` must lie in (0, 1), got {value!r}.")
+    return value
+
+
 def check_times(ts, name: str = "ts") -> jax.Array:
     """Convert and check a strictly increasing 1-D time grid; return it as an array."""
     ts = as_float_array(ts, name, ndim=1)

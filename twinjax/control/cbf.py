@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import as_float_array, check_covariance, check_square, is_concrete
+from .._checks import as_float_array, as_gaussian, is_concrete
 from .._types import Array, ArrayLike, Bool, Float, Scalar
 
 __all__ = [
@@ -99,14 +99,6 @@ def _check_dynamics(f, g, x, theta, n_control=None):
     if n_control is not None and gx.shape[1] != n_control:
         raise ValueError(f"`u` must have shape ({gx.shape[1]},) to match `g(x, theta)` {gx.shape}, got ({n_control},).")
     return gx.shape[1]
-
-
-def _posterior(mean, cov):
-    mean = as_float_array(mean, "mean", ndim=1)
-    cov = as_float_array(cov, "cov")
-    check_square(cov, "cov", mean.shape[0])
-    check_covariance(cov, "cov")
-    return mean, cov
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -254,7 +246,7 @@ def robust_condition(
         ```
     """
     x = as_float_array(x, "x", ndim=1)
-    mean, cov = _posterior(mean, cov)
+    mean, cov = as_gaussian(mean, cov)
     _nonnegative(alpha, "alpha")
     _nonnegative(kappa, "kappa")
     n_control = _check_dynamics(f, g, x, mean)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammainc
 
-from .._checks import as_float_array, check_covariance, check_square, is_concrete
+from .._checks import as_float_array, as_gaussian, check_square, is_concrete
 from .._types import Array, ArrayLike, Bool, Float, Int, Key, Scalar
 
 __all__ = [
@@ -57,14 +57,6 @@ def _features(features, dim, name):
         want = "(n, param)" if dim is None else f"(n, {dim})"
         raise ValueError(f"`{name}` must have shape {want}, got {tuple(features.shape)}.")
     return features
-
-
-def _posterior(mean, cov):
-    mean = as_float_array(mean, "mean", ndim=1)
-    cov = as_float_array(cov, "cov")
-    check_square(cov, "cov", mean.shape[0])
-    check_covariance(cov, "cov")
-    return mean, cov
 
 
 def _positive(value, name):
@@ -160,7 +152,7 @@ def bayes_linear_update(
         mean, cov = bayes_linear_update(mean, cov, phi[None], jnp.array([y]), 0.1**2)
         ```
     """
-    mean, cov = _posterior(mean, cov)
+    mean, cov = as_gaussian(mean, cov)
     features = _features(features, mean.shape[0], "features")
     ys = as_float_array(ys, "ys", ndim=1)
     if ys.shape[0] != features.shape[0]:
@@ -221,7 +213,7 @@ def certify(
         grid[cert.certified]
         ```
     """
-    mean, cov = _posterior(mean, cov)
+    mean, cov = as_gaussian(mean, cov)
     candidates = as_float_array(candidates, "candidates", ndim=2)
     if is_concrete(kappa) and not float(kappa) >= 0:
         raise ValueError(f"`kappa` must be >= 0, got {kappa!r}.")

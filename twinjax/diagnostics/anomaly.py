@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import as_float_array, is_concrete
+from .._checks import as_float_array, concrete_probability, is_concrete
 from .._types import Array, ArrayLike, Bool, Float, Key
 from ..generative.vae import VAE
 from ..inference import extended_kalman_filter, kalman_filter, unscented_kalman_filter
@@ -229,15 +229,6 @@ def sliding_sum(per_step: Float[ArrayLike, "*batch time"], width: int) -> Float[
 # ------------------------------------------------------------------------------------------------- threshold, alarms
 
 
-def _check_alpha(alpha, name="alpha") -> float:
-    if not is_concrete(alpha) or np.ndim(alpha) != 0:
-        raise ValueError(f"`{name}` must be a concrete scalar (a Python float), got {alpha!r}.")
-    alpha = float(alpha)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"`{name}` must lie in (0, 1), got {alpha!r}.")
-    return alpha
-
-
 def conformal_threshold(scores: Float[ArrayLike, "..."], alpha: float | Float[ArrayLike, ""]) -> Float[Array, "*rest"]:
     r"""The conformal ``(1 − α)`` threshold: the ``⌈(M + 1)(1 − α)⌉``-th smallest of ``M`` nominal scores.
 
@@ -263,7 +254,7 @@ def conformal_threshold(scores: Float[ArrayLike, "..."], alpha: float | Float[Ar
         alarms = detect(new_scores, tau)
         ```
     """
-    alpha = _check_alpha(alpha)
+    alpha = concrete_probability(alpha, "alpha")
     s = as_float_array(scores, "scores")
     if s.ndim == 0 or s.shape[0] == 0:
         raise ValueError(f"`scores` must have shape (M, ...) with M ≥ 1 calibration scores, got {tuple(s.shape)}.")

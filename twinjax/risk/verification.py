@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import as_float_array, is_concrete
+from .._checks import as_float_array, concrete_probability, is_concrete
 from .._types import Array, ArrayLike, Bool, Float, Int, Key
 
 __all__ = [
@@ -534,15 +534,6 @@ def _sample_accepted(sample_fn, key, n, invariant, m, max_rounds):
 # -------------------------------------------------------------------------------------------------------------- rates
 
 
-def _check_level(level):
-    if not is_concrete(level) or np.ndim(level) != 0:
-        raise ValueError(f"`level` must be a concrete scalar in (0, 1), got {level!r}.")
-    level = float(level)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"`level` must lie in (0, 1), got {level!r}.")
-    return level
-
-
 def _beta_quantile(q, a, b, iters=64):
     """``x`` with ``I_x(a, b) = q`` by bisection (``I_x`` increases in ``x``)."""
 
@@ -598,7 +589,7 @@ def binomial_ci(
         binomial_ci(3, 50)    # (0.01255, 0.16548), as scipy.stats.binomtest(3, 50).proportion_ci()
         ```
     """
-    level = _check_level(level)
+    level = concrete_probability(level, "level")
     if method not in ("clopper-pearson", "wilson"):
         raise ValueError(f"`method` must be 'clopper-pearson' or 'wilson', got {method!r}.")
     k, n = jnp.broadcast_arrays(jnp.asarray(k), jnp.asarray(n))
@@ -678,7 +669,7 @@ def false_rejection_rate(
         frr.estimate, (frr.ci_low, frr.ci_high)
         ```
     """
-    level = _check_level(level)
+    level = concrete_probability(level, "level")
     inside_inv, inside_true = _check_sets(samples, invariant, true_set)
     return _rate(jnp.sum(inside_true & ~inside_inv), jnp.sum(inside_true), level, method)
 
@@ -693,6 +684,6 @@ def false_acceptance_rate(
 ) -> RateEstimate:
     """``P(x ∈ S_inv | x ∉ S_true)``: how often the filter accepts a truly unsafe sample (``0`` when
     ``S_inv ⊂ S_true``); arguments as :func:`false_rejection_rate`."""
-    level = _check_level(level)
+    level = concrete_probability(level, "level")
     inside_inv, inside_true = _check_sets(samples, invariant, true_set)
     return _rate(jnp.sum(~inside_true & inside_inv), jnp.sum(~inside_true), level, method)
