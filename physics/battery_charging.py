@@ -245,3 +245,95 @@ class CasadiCharging:
             "status": stats["return_status"],
             "iterations": stats["iter_count"],
         }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# IPOPT in a child process
+
+
+_FIELDS = ("dt_s", "soc_target", "soc_weight", "smoothing", "current_max_A", "voltage_max_V", "temperature_max_K")
+
+
+def _run_child(payload: dict, retries: int) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
+    for _ in range(retries + 1):
+        proc = subprocess.run(
+            [sys.executable, "-m", "physics.battery_charging"],
+            input=json.dumps(payload),
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if proc.returncode >= 0:  # < 0: killed by a signal, tried again
+            break
+    if proc.returncode != 0:
+        raise RuntimeError(f"the CasADi child process exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ipopt_solve(problem: ChargingProblem, horizon: int, cases, *, tol: float = 1e-10, retries: int = 1) -> list[dict]:
+    """:meth:`CasadiCharging.solve` of the :func:`default_cell` problem for each ``(x0, u_prev, u_guess)`` in
+    ``cases``, run in a child Python process (JSON over pipes; ``time_s`` is measured there).
+
+    CasADi's shared libraries never load into the calling process: two of the three worker crashes CI has seen
+    (segmentation faults inside XLA's compiler, in tests that pass alone) were in test processes that had loaded them.
+    A child killed by a signal is run again ``retries`` times.
+    """
+    payload = {
+        "mode": "solve",
+        "problem": {name: float(getattr(problem, name)) for name in _FIELDS},
+        "horizon": int(horizon),
+        "tol": float(tol),
+        "cases": [
+            [
+                np.asarray(x, float).tolist(),
+                float(np.asarray(u, float).reshape(-1)[0]),
+                np.asarray(g, float).ravel().tolist(),
+            ]
+            for x, u, g in cases
+        ],
+    }
+    out = _run_child(payload, retries)["results"]
+    return [{k: (np.asarray(v) if isinstance(v, list) else v) for k, v in r.items()} for r in out]
+
+
+def casadi_evaluate(problem: ChargingProblem, points, *, retries: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The CasADi transcription (:func:`casadi_model` of :func:`default_cell`) evaluated at ``(x, I)`` points in a child
+    process (see :func:`ipopt_solve`): ``(next states (n, 3), terminal voltages (n,))``."""
+    payload = {
+        "mode": "model",
+        "problem": {name: float(getattr(problem, name)) for name in _FIELDS},
+        "points": [[np.asarray(x, float).tolist(), float(u)] for x, u in points],
+    }
+    out = _run_child(payload, retries)
+    return np.asarray(out["steps"]), np.asarray(out["voltages"])
+
+
+def _child_main() -> None:
+    import json
+    import sys
+
+    payload = json.loads(sys.stdin.read())
+    problem = ChargingProblem(**payload["problem"])
+    cell = default_cell()
+    if payload["mode"] == "model":
+        step, voltage = casadi_model(cell, problem)
+        steps = [np.asarray(step(np.asarray(x), u)).ravel().tolist() for x, u in payload["points"]]
+        volts = [float(voltage(np.asarray(x), u)) for x, u in payload["points"]]
+        print(json.dumps({"steps": steps, "voltages": volts}))
+        return
+    solver = CasadiCharging(cell, problem, payload["horizon"], tol=payload["tol"])
+    results = []
+    for x, u, guess in payload["cases"]:
+        r = solver.solve(np.asarray(x), u, np.asarray(guess))
+        results.append({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()})
+    print(json.dumps({"results": results}))
+
+
+if __name__ == "__main__":
+    _child_main()

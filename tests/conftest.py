@@ -2,7 +2,7 @@
 
 - 4 virtual CPU devices, so sharding is exercised on any machine, and XLA's backend at -O0 (set before JAX is
   imported);
-- float64 on; a persistent compilation cache in a private folder, one per xdist worker;
+- float64 on; a persistent compilation cache only when ``TWINJAX_TEST_CACHE`` names a folder;
 - a PRNG-key fixture; warnings are errors (pyproject's filterwarnings);
 - the ``strict`` marker runs a test under strict dtype promotion and rank-promotion errors (twinjax-only code: numpyro
   and blackjax samplers raise under strict promotion, so it is opt-in per test).
@@ -21,11 +21,13 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-# one cache folder per xdist worker: JAX writes a cache entry in place, not atomically, so a worker may read an entry
-# another is still writing (a suspect for the one worker crash CI saw, in tests/test_sweep.py; not reproduced alone)
-_cache = pathlib.Path(os.environ.get("TWINJAX_TEST_CACHE", pathlib.Path(__file__).parent.parent / ".jax_cache"))
-jax.config.update("jax_compilation_cache_dir", str(_cache / os.environ.get("PYTEST_XDIST_WORKER", "main")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# The persistent compilation cache is opt-in (TWINJAX_TEST_CACHE=folder, one subfolder per xdist worker: JAX writes
+# entries in place, not atomically). Off by default: a fresh CI clone gains nothing from it, and two of the worker
+# crashes CI saw were segmentation faults inside its compile-and-write path.
+if os.environ.get("TWINJAX_TEST_CACHE"):
+    _cache = pathlib.Path(os.environ["TWINJAX_TEST_CACHE"]) / os.environ.get("PYTEST_XDIST_WORKER", "main")
+    jax.config.update("jax_compilation_cache_dir", str(_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture
