@@ -257,3 +257,132 @@ def test_violation_rates_monte_carlo(noise):
             elif method == "gaussian":
                 assert expected == pytest.approx(0.01374, abs=1e-5)
                 assert np.all(freq > alpha + 2 * se_alpha), freq
+
+
+# ----------------------------------------------------------------------------- chance-constrained MPC (mpc.solve)
+
+TARGET = np.array([2.0, 1.0])
+LIMITS = np.array([2.5, 1.0])
+
+
+def _linear_step3(x, u, params):
+    return jnp.asarray(A) @ x + jnp.asarray(B) @ u
+
+
+def _pendulum_step3(x, u, params):
+    return pendulum_step(x, u)
+
+
+def _lq_chance_ocp(alpha, method, horizon=4):
+    from twinjax.control import mpc
+
+    dyn = chance.moment_dynamics(_linear_step3, Q)
+    con = chance.chance_constraint(lambda x, u, p: jnp.asarray(ROWS) @ x - jnp.asarray(LIMITS), alpha, method)
+
+    def cost(z, u, du, p):
+        m = z[:2]
+        return jnp.sum((m - jnp.asarray(TARGET)) ** 2) + 0.1 * jnp.sum(u**2)
+
+    return mpc.OCP(
+        dyn, cost, horizon=horizon, state_dim=dyn.state_dim, u_lo=np.array([-5.0]), u_hi=np.array([5.0]), constraint=con
+    )
+
+
+@pytest.mark.parametrize("step_fn", [_linear_step3, _pendulum_step3])
+def test_moment_dynamics_equal_linearized_propagation(step_fn):
+    """The augmented dynamics, iterated, reproduce ``propagate(..., "linearize")`` step by step (and augment/split
+    are inverses)."""
+    dyn = chance.moment_dynamics(step_fn, Q)
+    us = jnp.asarray(US)
+
+    def body(z, u):
+        z1 = dyn(z, u, None)
+        return z1, z1
+
+    _, zs = jax.lax.scan(body, chance.augment(M0, P0), us)
+    pred = chance.propagate(lambda x, u: step_fn(x, u, None), M0, P0, US, Q, "linearize")
+    m, P = chance.split(zs)
+    np.testing.assert_allclose(m, pred.mean[1:], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(P, pred.cov[1:], rtol=1e-12, atol=1e-14)
+    assert dyn.state_dim == 6
+
+
+def test_chance_constraint_is_tightened_linearized_moments():
+    """``g(m) + κ √diag(J P Jᵀ)`` equals ``constraint_moments("linearize")`` then ``tighten``; finite gradient at
+    zero variance."""
+    g = lambda x, u, p: jnp.stack([x[0] ** 2 - 1.0, jnp.sin(x[1])])  # noqa: E731
+    con = chance.chance_constraint(g, 0.05, "subgaussian")
+    mu, var = chance.constraint_moments(lambda x: g(x, None, None), M0, P0, "linearize")
+    z = chance.augment(M0, P0)
+    np.testing.assert_allclose(con(z, None, None), chance.tighten(mu, var, 0.05, "subgaussian"), rtol=1e-12)
+    grad = jax.grad(lambda z: jnp.sum(con(z, None, None)))(chance.augment(M0, jnp.zeros((2, 2))))
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("method", ["gaussian", "cantelli"])
+def test_chance_mpc_matches_slsqp_on_tightened_linear_gaussian_problem(method):
+    """Linear twin, linear constraints: the chance-constrained OCP solved by ``mpc.solve`` on the augmented state
+    equals scipy SLSQP on the tightened problem written out densely (means ``A m + B u``, covariances by the Kalman
+    recursion, independent of ``u``)."""
+    from scipy.optimize import minimize
+
+    from twinjax.control import mpc
+
+    alpha, N = 0.05, 4
+    ocp = _lq_chance_ocp(alpha, method, N)
+    sol = mpc.solve(ocp, chance.augment(M0, P0))
+    kappa = float(chance.margin(alpha, method))
+    _, covs = kalman_predict_dense(M0, P0, np.zeros((N, 1)), Q)
+    sds = np.sqrt(np.einsum("ci,kij,cj->kc", ROWS, covs[1:], ROWS))
+
+    def means(u):
+        ms, m = [], M0
+        for k in range(N):
+            m = A @ m + B[:, 0] * u[k]
+            ms.append(m)
+        return np.stack(ms)
+
+    def cost(u):
+        return float(np.sum((means(u) - TARGET) ** 2) + 0.1 * np.sum(u**2))
+
+    def cons(u):  # ≥ 0 for SLSQP
+        return (LIMITS - means(u) @ ROWS.T - kappa * sds).reshape(-1)
+
+    ref = minimize(cost, np.zeros(N), method="SLSQP", bounds=[(-5, 5)] * N,
+                   constraints=[{"type": "ineq", "fun": cons}], options={"ftol": 1e-14, "maxiter": 500})  # fmt: skip
+    assert ref.success and bool(sol.converged)
+    assert np.max(-cons(ref.x)) > -1e-6  # a chance constraint is active at the optimum
+    np.testing.assert_allclose(np.asarray(sol.us[:, 0]), ref.x, atol=1e-6)
+    assert float(sol.cost) == pytest.approx(ref.fun, rel=1e-8)
+
+
+def test_chance_mpc_gradient_matches_finite_differences():
+    """d(optimal cost)/d(initial mean) through ``mpc.solve`` (implicit differentiation of the KKT conditions, the
+    covariance recursion differentiated inside) against central differences of re-solved problems; finite."""
+    from twinjax.control import mpc
+
+    ocp = _lq_chance_ocp(0.05, "gaussian", 4)
+
+    def opt_cost(m0):
+        return mpc.solve(ocp, chance.augment(m0, P0)).cost
+
+    grad = np.asarray(jax.grad(opt_cost)(jnp.asarray(M0)))
+    h = 1e-5
+    fd = [(opt_cost(M0 + h * e) - opt_cost(M0 - h * e)) / (2 * h) for e in np.eye(2)]
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, np.asarray(fd), rtol=1e-5, atol=1e-7)
+
+
+def test_chance_mpc_errors():
+    with pytest.raises(ValueError, match="Q"):
+        chance.moment_dynamics(_linear_step3, np.ones(3))
+    with pytest.raises(ValueError, match="Q"):
+        chance.moment_dynamics(_linear_step3, -np.eye(2))
+    with pytest.raises(ValueError, match="alpha"):
+        chance.chance_constraint(lambda x, u, p: x, 1.5)
+    with pytest.raises(ValueError, match="gaussian.*cantelli"):
+        chance.chance_constraint(lambda x, u, p: x, 0.05, "chebyshev")
+    with pytest.raises(ValueError, match="length"):
+        chance.split(jnp.zeros(5))
+    with pytest.raises(ValueError, match="cov"):
+        chance.augment(M0, np.eye(3))

@@ -12,9 +12,9 @@ import pytest
 
 from experiments import chance_mpc
 from twinjax.cli import discover, main
-from twinjax.control import chance
+from twinjax.control import chance, mpc
 
-SIZES = {"n_paths", "n_steps", "horizon", "alphas", "bisect_iters"}
+SIZES = {"n_paths", "n_steps", "horizon", "alphas", "bisect_iters", "mpc_paths", "mpc_alphas"}
 
 
 def test_quick_preset_differs_only_in_sizes():
@@ -28,6 +28,9 @@ def test_quick_preset_differs_only_in_sizes():
         chance_mpc.Config(propagation="ensemble")
     with pytest.raises(ValueError, match="nu"):
         chance_mpc.Config(nu=2.0)
+    with pytest.raises(ValueError, match="mpc_alphas"):
+        chance_mpc.Config(mpc_alphas=(0.03,))
+    assert full.mpc_paths * full.n_steps >= 100_000 and {0.01, 0.05} <= set(full.mpc_alphas)
     assert "chance_mpc" in discover()
 
 
@@ -46,6 +49,21 @@ def test_controller_applies_the_largest_admissible_current(method):
         at, above = slack(jnp.array([u, u + step]))
     assert 0 < float(u) < config.u_max_C
     assert float(at) <= 0 < float(above)
+
+
+def test_mpc_controller_plans_all_currents_within_the_tightened_constraints():
+    """From a hot state the full-horizon MPC (mpc.solve on the augmented moment state) converges, meets every
+    tightened constraint (one is active: the plan charges as hard as the risk allows) and its predicted covariance at
+    the first step is Q (a measured state)."""
+    config = chance_mpc.Config.quick()
+    with jax.enable_x64(True):
+        ocp = chance_mpc.mpc_problem(config, 0.05, "gaussian")
+        sol = mpc.solve(ocp, chance.augment(jnp.array([43.0, 39.0]), jnp.zeros((2, 2))), implicit_diff=False)
+        slack = jax.vmap(lambda z, u: ocp.constraint(z, u, None))(sol.xs, sol.us)
+    assert bool(sol.converged)
+    assert float(jnp.max(slack)) == pytest.approx(0.0, abs=1e-6)
+    assert 0 < float(sol.us[0, 0]) < config.u_max_C
+    np.testing.assert_allclose(chance.split(sol.xs[0])[1], chance_mpc.process_noise(config), rtol=1e-12)
 
 
 def test_quick_run_through_the_cli(tmp_path, capsys):
@@ -73,6 +91,18 @@ def test_quick_run_through_the_cli(tmp_path, capsys):
             )
             assert rows["cantelli"]["time_to_target_min"] >= rows["gaussian"]["time_to_target_min"]
     assert results["claims"]["cantelli_slowest"] is True
+    mpc_table = results["mpc"]["table"]
+    for noise in chance_mpc.NOISES:
+        for a in config.mpc_alphas:
+            rows = {m: mpc_table[noise][m][f"{a:g}"] for m in chance.METHODS}
+            for row in rows.values():
+                assert row["core"]["n"] == config.mpc_paths * config.n_steps
+                assert 0 <= row["core"]["rate"] <= 1 and row["solver"]["converged_fraction"] > 0.99
+                b = row["core_when_binding"]
+                sd = np.sqrt(b["expected"] * (1 - b["expected"]) / max(b["n"], 1))
+                assert abs(b["rate"] - b["expected"]) <= 4 * sd + 1e-9
+            assert rows["cantelli"]["time_to_target_min"] >= rows["gaussian"]["time_to_target_min"]
+    assert results["mpc_claims"]["cantelli_slowest"] is True
     assert (tmp_path / "figures" / "chance_mpc.png").stat().st_size > 10_000
     out = capsys.readouterr().out
     assert "claims" in out and "run folder:" in out

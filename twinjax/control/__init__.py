@@ -17,10 +17,14 @@ from .cbf import (
 from .chance import (
     METHODS as METHODS,
     PROPAGATIONS as PROPAGATIONS,
+    ChanceConstraint as ChanceConstraint,
+    MomentDynamics as MomentDynamics,
     Predictive as Predictive,
+    chance_constraint as chance_constraint,
     constraint_moments as constraint_moments,
     linear_moments as linear_moments,
     margin as margin,
+    moment_dynamics as moment_dynamics,
     propagate as propagate,
     tighten as tighten,
 )

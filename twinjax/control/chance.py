@@ -35,6 +35,17 @@ gives the mean and variance of a nonlinear ``g`` by the same three rules.
 Everything is differentiable (``jax.grad`` through :func:`margin`, :func:`tighten` and :func:`propagate`), so a
 tightened constraint can sit inside a gradient-based MPC solver.
 
+**Chance-constrained MPC** (:func:`moment_dynamics`, :func:`chance_constraint`). The linearised propagation is a
+deterministic recursion on the augmented state ``z = (m, vec P)`` (row-major ``vec``),
+
+$$ m^+ = f(m, u), \qquad P^+ = A P A^\top + Q, \qquad A = \partial f / \partial x\,(m, u), $$
+
+so the chance-constrained problem is an ordinary :class:`twinjax.control.mpc.OCP` on ``z``: ``A`` depends on ``u``
+and the SQP of :func:`twinjax.control.mpc.solve` differentiates through it (the variance a plan causes is part of
+its constraint Jacobian). Each step's constraints are ``g(m) + κ(α) √(diag(J P Jᵀ)) ≤ 0`` with ``J = ∂g/∂x(m)``
+(the ``"linearize"`` rule of :func:`constraint_moments`). Start from ``z₀ = augment(m₀, P₀)``, ``P₀ = 0`` for a
+measured state.
+
 References:
     Chapter 000, "Applications and Interdisciplinary Connections", "Safe and Robust Control Synthesis".
     F. P. Cantelli, "Intorno ad un teorema fondamentale della teoria del rischio", 1910; A. W. Marshall, I. Olkin,
@@ -60,11 +71,17 @@ from ..inference.nonlinear import _sigma_points, _ukf_weights, _weighted_cov
 __all__ = [
     "METHODS",
     "PROPAGATIONS",
+    "ChanceConstraint",
+    "MomentDynamics",
     "Predictive",
+    "augment",
+    "chance_constraint",
     "constraint_moments",
     "linear_moments",
     "margin",
+    "moment_dynamics",
     "propagate",
+    "split",
     "tighten",
 ]
 
@@ -388,3 +405,160 @@ def constraint_moments(
     X = m + jax.random.normal(key, (int(members), n), m.dtype) @ _jittered_cholesky(P).T
     G = jax.vmap(gv)(X)
     return jnp.mean(G, axis=0), jnp.var(G, axis=0, ddof=1)
+
+
+# ------------------------------------------------------------------------------------- chance-constrained MPC (OCP)
+
+
+def augment(mean: Float[ArrayLike, " state"], cov: Float[ArrayLike, "..."]) -> Float[Array, " augmented"]:
+    """The augmented state ``z = (m, vec P)`` (length ``n + n²``, row-major ``vec``) of :class:`MomentDynamics`."""
+    m = as_float_array(mean, "mean", ndim=1)
+    P = as_float_array(cov, "cov")
+    n = m.shape[0]
+    if P.shape != (n, n):
+        raise ValueError(f"`cov` must have shape {(n, n)}, got {tuple(P.shape)}.")
+    return jnp.concatenate([m, P.reshape(-1)]).astype(jnp.result_type(m, P))
+
+
+def _state_dim(augmented_dim: int) -> int:
+    n = int(round((np.sqrt(1 + 4 * augmented_dim) - 1) / 2))
+    if n < 1 or n + n * n != augmented_dim:
+        raise ValueError(f"an augmented state has length n + n² for some n >= 1, got length {augmented_dim}.")
+    return n
+
+
+def split(
+    z: Float[Array, "*batch augmented"],
+) -> tuple[Float[Array, "*batch state"], Float[Array, "*batch state state"]]:
+    """Inverse of :func:`augment`: ``(m, P)`` from ``z = (m, vec P)`` (leading batch axes allowed)."""
+    n = _state_dim(z.shape[-1])
+    return z[..., :n], z[..., n:].reshape(*z.shape[:-1], n, n)
+
+
+class MomentDynamics(eqx.Module):
+    r"""OCP dynamics on the augmented state ``z = (m, vec P)``: ``m⁺ = f(m, u)``, ``P⁺ = A P Aᵀ + Q``,
+    ``A = ∂f/∂x(m, u)`` (the EKF prediction of :func:`propagate` with ``method="linearize"``).
+
+    Called as ``dynamics(z, u, params) -> z⁺`` (the :class:`twinjax.control.mpc.OCP` signature); ``params`` is
+    passed on to ``step_fn``. Build it with :func:`moment_dynamics`.
+    """
+
+    step_fn: Callable
+    Q: Float[Array, "state state"]
+
+    def __call__(self, z, u, params=None):
+        m, P = split(z)
+        m1, A = _value_and_jacobian(lambda x, v: self.step_fn(x, v, params), m, u)
+        if m1.shape != m.shape:
+            raise ValueError(f"`step_fn` must return a state of shape {m.shape}, got {m1.shape}.")
+        P1 = symmetrise(A @ P @ A.T + self.Q)
+        return jnp.concatenate([m1, P1.reshape(-1)])
+
+    @property
+    def state_dim(self) -> int:
+        """``n + n²``, the ``state_dim`` of the OCP on the augmented state."""
+        n = self.Q.shape[0]
+        return n + n * n
+
+
+def moment_dynamics(step_fn: Callable, Q: Float[ArrayLike, "..."]) -> MomentDynamics:
+    r"""Turn a twin's one-step mean transition into OCP dynamics that also carry the predictive covariance.
+
+    $$ z = (m, \mathrm{vec}\,P), \qquad m^+ = f(m, u; \theta), \qquad P^+ = A P A^\top + Q,
+       \qquad A = \partial f/\partial x\,(m, u; \theta). $$
+
+    ``A`` is a ``jax.jacfwd`` inside the dynamics, so it is differentiable with respect to ``u`` and ``θ``: the SQP
+    of :func:`twinjax.control.mpc.solve` sees how a plan changes the predicted spread (for the battery twin, a hotter
+    core has a smaller Joule gain and so a smaller ``∂T_c⁺/∂T_c``).
+
+    Arguments:
+        step_fn: ``f(x, u, params) -> x⁺``, the twin's one-step mean transition (the OCP's dynamics signature; ignore
+            ``params`` if there are none). Reuse one function object: it is static in the compiled solver.
+        Q: the process-noise covariance per step, ``(n, n)`` (an array field: changing it does not recompile).
+
+    Returns:
+        A :class:`MomentDynamics` ``(z, u, params) -> z⁺``; use ``ocp = OCP(dyn, cost, state_dim=dyn.state_dim,
+        ...)`` and ``x0 = augment(m₀, P₀)``.
+
+    Raises:
+        ValueError: ``step_fn`` not callable, or a concrete ``Q`` that is not a square covariance.
+
+    Example:
+        ```python
+        dyn = moment_dynamics(lambda x, u, p: A @ x + B @ u, Q)
+        con = chance_constraint(lambda x: x[:1] - 1.0, 0.05, "gaussian")
+        ocp = OCP(dyn, cost, horizon=10, state_dim=dyn.state_dim, u_lo=-ones, u_hi=ones, constraint=con)
+        sol = solve(ocp, augment(x0, jnp.zeros((2, 2))))
+        ```
+
+    References:
+        S. Särkkä, *Bayesian Filtering and Smoothing* (2013), §5.2; A. Mesbah, IEEE CSM 36(6), 2016, §III.
+    """
+    if not callable(step_fn):
+        raise ValueError(f"`step_fn` must be callable f(x, u, params) -> x_next, got {step_fn!r}.")
+    Q = as_float_array(Q, "Q")
+    if Q.ndim != 2 or Q.shape[0] != Q.shape[1] or Q.shape[0] < 1:
+        raise ValueError(f"`Q` must be a square (n, n) covariance, got shape {tuple(Q.shape)}.")
+    check_covariance(Q, "Q")
+    return MomentDynamics(step_fn, Q)
+
+
+class ChanceConstraint(eqx.Module):
+    r"""OCP constraint ``(z⁺, u, params) -> g(m) + κ √(diag(J P Jᵀ))`` (``≤ 0``) on the augmented state
+    ``z⁺ = (m, vec P)``, ``J = ∂g/∂x(m)``. Build it with :func:`chance_constraint`.
+
+    ``kappa`` is an array field (a risk or method change does not recompile; vmap over it to sweep α).
+    """
+
+    g: Callable
+    kappa: Float[Array, " constraint"]
+    method: str = eqx.field(static=True)
+
+    def __call__(self, z, u, params=None):
+        m, P = split(z)
+
+        def gv(x):
+            return jnp.atleast_1d(self.g(x, u, params))
+
+        mu, J = _value_and_jacobian(lambda x, _: gv(x), m, None)
+        if mu.ndim != 1:
+            raise ValueError(f"`g` must return a scalar or a 1-D array, got shape {mu.shape}.")
+        var = jnp.einsum("ci,ij,cj->c", J, P, J)
+        # a covariance propagated in floating point can have a rounding-negative quadratic form: clip before the root
+        return mu + self.kappa * _safe_sqrt(jnp.clip(var, 0.0))
+
+
+def chance_constraint(
+    g: Callable, alpha: float | Float[ArrayLike, "..."], method: str = "gaussian"
+) -> ChanceConstraint:
+    r"""The tightened, OCP-compatible form of the chance constraints ``Pr(g_c(x_{k+1}) ≤ 0) ≥ 1 − α`` at every step.
+
+    $$ c(z^+, u) = g(m) + \kappa(\alpha)\sqrt{\operatorname{diag}(J P J^\top)}, \quad J = \partial g/\partial x\,(m) $$
+
+    with ``(m, P)`` read from the augmented state of :func:`moment_dynamics` (linearised moments, as
+    :func:`constraint_moments` with ``"linearize"``; exact for a linear ``g`` of a Gaussian state). The square root
+    has a finite (zero) derivative at zero variance.
+
+    Arguments:
+        g: ``g(x, u, params) -> (n_c,)`` (or a scalar), required ``≤ 0`` with probability ``≥ 1 − α`` each.
+        alpha: risk per constraint, in ``(0, 1)``: a scalar or one per constraint ``(n_c,)``.
+        method: the margin ``κ``, one of :data:`METHODS`.
+
+    Returns:
+        A :class:`ChanceConstraint`, to be passed as ``OCP(..., constraint=...)``.
+
+    Raises:
+        ValueError: ``g`` not callable, ``alpha`` outside ``(0, 1)`` or of rank > 1, an unknown ``method``.
+
+    Example:
+        ```python
+        con = chance_constraint(lambda x, u, p: x - x_max, 0.05, "cantelli")
+        ```
+    """
+    if not callable(g):
+        raise ValueError(f"`g` must be callable g(x, u, params) -> (n_c,), got {g!r}.")
+    _check_method(method)
+    kappa = margin(alpha, method)
+    if kappa.ndim > 1:
+        raise ValueError(f"`alpha` must be a scalar or one value per constraint (n_c,), got shape {kappa.shape}.")
+    return ChanceConstraint(g, jnp.atleast_1d(kappa), method)
