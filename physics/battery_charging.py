@@ -280,7 +280,7 @@ def ipopt_solve(problem: ChargingProblem, horizon: int, cases, *, tol: float = 1
     """:meth:`CasadiCharging.solve` of the :func:`default_cell` problem for each ``(x0, u_prev, u_guess)`` in
     ``cases``, run in a child Python process (JSON over pipes; ``time_s`` is measured there).
 
-    CasADi's shared libraries never load into the calling process: two of the three worker crashes CI has seen
+    CasADi's shared libraries never load into the calling process: two of the four worker crashes CI has seen
     (segmentation faults inside XLA's compiler, in tests that pass alone) were in test processes that had loaded them.
     A child killed by a signal is run again ``retries`` times.
     """

@@ -37,7 +37,7 @@ def test_real_sensor_noise_is_ar1_with_the_stationary_sd():
 
 
 # The quick run's 1000-step CycleGAN is sensitive to the last bits of its arithmetic: error ratio 0.76 with XLA at -O2,
-# 3.9 at -O0 (tests/conftest.py) — a claim about it would be luck, so it runs with the slow checks
+# 3.9 with XLA's backend at -O0 — a claim about it would be luck, so it runs with the slow checks
 @pytest.mark.slow
 def test_sim2real_quick_runs_through_the_cli(tmp_path, capsys):
     assert main(["run", "sim2real", "--quick", "--out", str(tmp_path)]) == 0
