@@ -233,23 +233,25 @@ def _pendulum_trajectories(key, n, n_times=20, dt=0.1):
     return path.xs[..., :1], u
 
 
-# (critic, generator) optimizers and steps of each variant. WGAN-GP: Gulrajani et al.'s Adam(β1 = 0.5, β2 = 0.9),
-# λ = 10 and 5 critic steps, but the critic at 10× the generator's learning rate (two time-scale update rule): at one
-# learning rate for both (1e-4 or 1e-3) the critic trails the generator, its Wasserstein estimate turns negative and
-# the generated cloud stays diffuse (MMD ratio 20–400 after 3000 steps).
+# (critic, generator) optimizers, steps and ConditionalGAN keyword arguments of each variant. WGAN-GP: Gulrajani et
+# al.'s Adam(β1 = 0.5, β2 = 0.9) and 5 critic steps, the critic at 10× the generator's learning rate (two time-scale
+# update rule: at one learning rate for both, 1e-4 or 1e-3, the critic trails the generator, its Wasserstein estimate
+# turns negative and the generated cloud stays diffuse, MMD ratio 20–400 after 3000 steps), and the penalty weight of
+# their toy-data code (gan_toy.py), λ = 0.1. With λ = 10 this test passes (two moons 1.79 / 1.51, pendulum
+# 0.91 / 0.97), but the critic's estimate sits near 0 while the two-moons ratios wander from seed to seed and
+# checkpoint to checkpoint (float32 runs, seeds 1–3 at 20 000 steps, MMD / energy: 1.52 / 1.76, 2.35 / 2.20,
+# 2.91 / 2.97; 2.2–4.2 at 30 000–40 000 steps); λ = 0.1 (float32, seeds 0–3): 1.26 / 1.19, 1.32 / 1.56,
+# 1.58 / 1.77, 1.66 / 2.13, so the margin on two moons still depends on the seed.
 RECIPES = {
-    "ns": (optax.adam(1e-3, b1=0.5, b2=0.9), 20000),
-    "wgan-gp": ((optax.adam(1e-3, b1=0.5, b2=0.9), optax.adam(1e-4, b1=0.5, b2=0.9)), 20000),
+    "ns": (optax.adam(1e-3, b1=0.5, b2=0.9), 20000, {}),
+    "wgan-gp": ((optax.adam(1e-3, b1=0.5, b2=0.9), optax.adam(1e-4, b1=0.5, b2=0.9)), 20000, {"gradient_penalty": 0.1}),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
-    [
-        "ns",
-        pytest.param("wgan-gp", marks=pytest.mark.xfail(reason="2x target not yet confirmed (3.1 / 2.4 at 10k steps)")),
-    ],
+    ["ns", "wgan-gp"],
 )
 @pytest.mark.parametrize("dataset", ["two_moons", "pendulum"])
 def test_generated_samples_match_held_out_data_within_twice_the_data_floor(dataset, variant):
@@ -257,7 +259,8 @@ def test_generated_samples_match_held_out_data_within_twice_the_data_floor(datas
     held-out ones are within 2× those of ``n`` independent data samples to the same held-out set. Pendulum: a GAN
     conditioned on the torque, sampled at the held-out torques. Measured (n = 1000), MMD / energy: non-saturating,
     two moons 1.25 / 1.27, pendulum 0.80 / 0.83 (about 1–2 minutes each on a 2-core CPU); WGAN-GP (recipe
-    above) 3.10 / 2.42 on two moons after 10 000 steps, still falling; 20 000 steps and pendulum not yet measured."""
+    above: λ = 0.1, 20 000 steps) two moons 1.58 / 1.29, pendulum 1.07 / 1.11 (about 1 and 4 minutes; 2.5 and
+    7 minutes when the 2 cores are shared). The two-moons margin depends on the seed (see the note above RECIPES)."""
     n = 1000
     if dataset == "two_moons":
         train, held_out, reference = (
@@ -271,9 +274,9 @@ def test_generated_samples_match_held_out_data_within_twice_the_data_floor(datas
         )
         shape, cond_dim = train.shape[1:], 1
     width = 64 if dataset == "two_moons" else 128  # 64 gave an energy ratio of 2.3 on the 20-step trajectories (ns)
+    optimizer, steps, kwargs = RECIPES[variant]
     gan = ConditionalGAN(shape, key=jax.random.key(0), data=train, latent_dim=4, cond_dim=cond_dim, width=width,
-                         depth=2, variant=variant)  # fmt: skip
-    optimizer, steps = RECIPES[variant]
+                         depth=2, variant=variant, **kwargs)  # fmt: skip
     res = gen.train(gan, train, cond=cond, optimizer=optimizer, steps=steps, batch_size=128, key=jax.random.key(4),
                     log_every=2000, ema_decay=0.999, progress=False)  # fmt: skip
     samples = res.model.sample(jax.random.key(5), n, held_cond)
