@@ -2,7 +2,7 @@
 
 - 4 virtual CPU devices, so sharding is exercised on any machine (set before JAX is imported);
 - float64 on; a persistent compilation cache only when ``TWINJAX_TEST_CACHE`` names a folder;
-- a PRNG-key fixture; warnings are errors (pyproject's filterwarnings);
+- a PRNG-key fixture; JAX's caches cleared after each test module; warnings are errors (pyproject's filterwarnings);
 - the ``strict`` marker runs a test under strict dtype promotion and rank-promotion errors (twinjax-only code: numpyro
   and blackjax samplers raise under strict promotion, so it is opt-in per test).
 """
@@ -39,3 +39,12 @@ def _strict_mode(request):
         return
     with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
         yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_caches():
+    """Drop JAX's compiled executables after each test module: a worker then holds one module's programs, not the whole
+    run's. The CI workers that died (segmentation faults inside XLA's compiler, in tests that pass alone) all died late
+    in their lives, after hundreds of compilations; modules rarely share a compiled program."""
+    yield
+    jax.clear_caches()
