@@ -10,8 +10,8 @@
 import os
 import pathlib
 
-# XLA's backend stays at its default optimisation level: -O0 cut the tests' CPU time by 20–22 %, but the runs with it
-# lost 3 xdist workers to segmentation faults inside XLA's compiler (one in the runs without it)
+# XLA's backend stays at its default optimisation level: -O0 cut the tests' CPU time by 20–22 %, but it moves the last
+# bits of results, and its runs lost as many xdist workers to compiler segfaults as the default level's (or more)
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
