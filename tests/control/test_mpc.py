@@ -199,7 +199,6 @@ def test_gradient_of_optimal_cost_wrt_twin_parameter():
     np.testing.assert_allclose(float(du_k), float(fd_u), rtol=1e-4)
 
 
-@pytest.mark.slow  # 40–70 s of compilation on the 2-core CI machine; the optimal-cost gradient test above stays fast
 def test_closed_loop_gradient_wrt_the_controllers_model(key):
     """d soc_T / d R0 of the controller's model (the plant fixed): reverse mode through the scan of implicitly
     differentiated solves, against central differences of two closed-loop runs."""

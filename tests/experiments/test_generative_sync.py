@@ -58,7 +58,6 @@ def test_rejection_reference_is_the_exact_posterior_of_a_gaussian_pool():
     assert abs(ref[:, 1].mean()) < 4 / np.sqrt(n)  # the unobserved, independent channel keeps its prior
 
 
-@pytest.mark.slow  # 100–160 s on the 2-core CI machine: the fast tests above cover the pieces
 def test_generative_sync_quick_runs_through_the_cli(tmp_path, capsys):
     assert main(["run", "generative-sync", "--quick", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "results.json").read_text())

@@ -40,7 +40,6 @@ def _finite(v):
     return v is not None and math.isfinite(v)
 
 
-@pytest.mark.slow  # 100–160 s on the 2-core CI machine: the fast tests above cover the pieces
 def test_generative_zoo_runs_through_the_cli(tmp_path, capsys):
     assert main(["run", "generative-zoo", "--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
