@@ -266,13 +266,7 @@ def mpc_problem(config: Config, alpha: float = 0.05, method: str = "gaussian") -
 
 def _cold_solution(ocp: mpc.OCP, dtype) -> mpc.Solution:
     """A "previous solution" of zeros: ``mpc.step`` from it is the cold start (controls 0, ``u_prev`` = 0)."""
-    n, n_u, n_c = ocp.horizon, ocp.control_dim, 2
-    z = jnp.zeros((), dtype)
-    i = jnp.zeros((), jnp.int32)
-    return mpc.Solution(us=jnp.zeros((n, n_u), dtype), xs=jnp.zeros((n, ocp.state_dim), dtype), cost=z,
-                        multipliers=jnp.zeros((n, n_c), dtype), bound_multipliers=jnp.zeros((2, n, n_u), dtype),
-                        kkt_residual=z, constraint_violation=z, iterations=i, qp_iterations=i,
-                        converged=jnp.ones((), bool))  # fmt: skip
+    return mpc.cold_solution(ocp, 2, dtype)
 
 
 def mpc_closed_loop(config: Config, ocp: mpc.OCP, noise):

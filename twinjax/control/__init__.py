@@ -43,6 +43,7 @@ from .mpc import (
     ClosedLoop as ClosedLoop,
     Solution as Solution,
     closed_loop as closed_loop,
+    cold_solution as cold_solution,
     shift as shift,
     solve as solve,
     step as step,

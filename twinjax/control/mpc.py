@@ -533,6 +533,32 @@ def shift(solution: Solution) -> Solution:
     )
 
 
+def cold_solution(ocp: OCP, constraints: int, dtype=float) -> Solution:
+    """A "previous solution" of zeros for :func:`step`: stepping from it is a cold start (controls 0 clipped to the
+    bounds, ``u_prev = 0``). Use it to initialise a closed loop's carry and to reset it after a failed solve.
+
+    Arguments:
+        ocp: the problem.
+        constraints: ``n_c``, the length of ``ocp.constraint``'s output (0 without one).
+        dtype: the floating dtype of the loop.
+    """
+    n, n_u = ocp.horizon, ocp.control_dim
+    z = jnp.zeros((), dtype)
+    i = jnp.zeros((), jnp.int32)
+    return Solution(
+        us=jnp.zeros((n, n_u), dtype),
+        xs=jnp.zeros((n, ocp.state_dim), dtype),
+        cost=z,
+        multipliers=jnp.zeros((n, constraints), dtype),
+        bound_multipliers=jnp.zeros((2, n, n_u), dtype),
+        kkt_residual=z,
+        constraint_violation=z,
+        iterations=i,
+        qp_iterations=i,
+        converged=jnp.ones((), bool),
+    )
+
+
 class ClosedLoop(eqx.Module):
     """A closed-loop run of the MPC (:func:`closed_loop`).
 
