@@ -8,7 +8,7 @@ supervisor around a faulty cell — the project's main job (``twinjax run bms``)
 
 | window | what happens |
 |---|---|
-| 0–2400 | drive 1: the drive-cycle profile of :mod:`physics.battery_bms` from SOC 0.6 until the twin's SOC reaches 0.1 |
+| 0–2400 | drive 1: the drive profile of :mod:`physics.battery_bms` from SOC 0.6 until the twin's SOC reaches 0.1 |
 | 3000– | charge 1 (nominal): MPC to SOC 0.8 (controller target 0.81); **10→80 % charge time** measured here |
 | 0–5400 | **nominal phase** (false alarms counted here; detectors armed after a 300 s warm-up) |
 | 5400–7800 | drive 2; loose connection 5700–6300; ``R0`` grows ×1.4 over 6300–6900; capacity fades ×0.9 at 7200 |
@@ -121,6 +121,7 @@ class Config:
     method: str = "gaussian"
     supervisor_alpha: float = 1e-4
     supervisor: bool = True
+    barrier_gamma: float = 0.2
     estimator: str = "ekf"
     # schedule (s)
     t_end_s: int = 12000
@@ -326,19 +327,23 @@ def _predict_outputs(model, m, P, u_meas, current):
 
 
 def supervise(config: Config, model, m, P, demand):
-    """The largest fraction ``s ∈ [0, 1]`` of ``demand`` (A) whose one-tick prediction keeps
-    ``μ + κσ`` inside ``[V_min, V_max]`` and below ``T_max``; returns ``(s · demand, overridden)``."""
+    """The safety supervisor: the largest fraction ``s ∈ [0, 1]`` of ``demand`` (A) whose one-tick prediction by the
+    twin keeps ``μ_V ± κσ_V`` inside ``[V_min, V_max]`` (the voltage answers the current at once) and satisfies the
+    discrete-time barrier condition ``h_{k+1} ≥ (1 − γ) h_k`` on the thermal margin ``h = T_max − (μ_T + κσ_T)``
+    (the temperature responds slowly; the condition keeps ``h ≥ 0`` forward invariant without the bang-bang of a
+    one-step check). ``κ = Φ⁻¹(1 − supervisor_alpha)``; the voltage ``σ`` includes the sensor's accuracy as a floor.
+    Returns ``(s · demand, overridden)``."""
     kappa = chance.margin(config.supervisor_alpha, "gaussian")
     t_max = config.t_max_c + KELVIN
-
     floor = jnp.array([config.voltage_sd_v, 0.0])
+    h_now = t_max - (m[2] + kappa * jnp.sqrt(P[2, 2]))
 
     def safe(current):
         y, sd = _predict_outputs(model, m, P, jnp.reshape(current + m[5], (1,)), current)
         sd = jnp.sqrt(sd**2 + floor**2)
-        return (y[0] + kappa * sd[0] <= config.v_max) & (y[0] - kappa * sd[0] >= config.v_min) & (
-            y[1] + kappa * sd[1] <= t_max
-        )
+        h_next = t_max - (y[1] + kappa * sd[1])
+        volts_ok = (y[0] + kappa * sd[0] <= config.v_max) & (y[0] - kappa * sd[0] >= config.v_min)
+        return volts_ok & (h_next >= (1.0 - config.barrier_gamma) * h_now)
 
     def bisect(_):
         def body(_, bracket):
@@ -382,8 +387,9 @@ def _filter_fns(config: Config):
     return nonlinear.ukf_predict, nonlinear.ukf_update
 
 
-def closed_loop(config: Config, plant: Plant, key: jax.Array, *, supervisor: bool = True):
-    """One run of the whole loop (pure). Returns per-tick outputs (dict of arrays, leading axis = ticks)."""
+def closed_loop(config: Config, plant: Plant, key: jax.Array, supervisor=True, soc_start=None):
+    """One run of the whole loop (pure). ``supervisor`` may be a traced bool (a sweep runs both); ``soc_start``
+    defaults to ``config.soc_start``. Returns per-tick outputs and per-interval controller info (dicts of arrays)."""
     twin = make_twin(config)
     ocp = mpc_problem(config)
     predict, update = _filter_fns(config)
@@ -393,7 +399,6 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, *, supervisor: boo
     scales = jax.random.uniform(k_drive, (len(config.drives_s), trips), minval=0.8, maxval=1.2)
     cell_nom = nominal_cell(config)
     q_nom = CAPACITY_NOMINAL_AH
-    t_max = config.t_max_c + KELVIN
     h_cusum = _thresholds(config)
     drives = jnp.asarray(config.drives_s)
     charges = jnp.asarray(config.charges_s)
@@ -419,10 +424,9 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, *, supervisor: boo
         d_idx, c_idx = phase(t, m[0], drive_done, charge_done)
         drive_I = drive_current(t - drives[jnp.maximum(d_idx, 0)], scales[jnp.maximum(d_idx, 0)], q_nom)
         demand = jnp.where(d_idx >= 0, drive_I, jnp.where(c_idx >= 0, command, 0.0))
-        if supervisor:
-            current, overridden = supervise(config, twin, m, P, demand)
-        else:
-            current, overridden = demand, jnp.zeros((), bool)
+        current, overridden = supervise(config, twin, m, P, demand)
+        current = jnp.where(supervisor, current, demand)
+        overridden = overridden & supervisor
         x1 = plant.step(t, x, current)
         kn = jax.random.fold_in(k_noise, t.astype(jnp.int32))
         y, i_meas, loose = sense(plant, t, x1, current, stuck_T, kn, k_loose)
@@ -447,9 +451,7 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, *, supervisor: boo
         g_neg = jnp.maximum(0.0, diag.g_neg - zt - config.cusum_k)
         t_alarm_now = (g_pos > h_cusum) | (g_neg > h_cusum)
         t_alarm = diag.t_alarm | t_alarm_now
-        cov = jnp.where(
-            t_alarm_now & ~diag.t_alarm, fstate.cov.at[2, 2].add(config.tsensor_inflate_k**2), fstate.cov
-        )
+        cov = jnp.where(t_alarm_now & ~diag.t_alarm, fstate.cov.at[2, 2].add(config.tsensor_inflate_k**2), fstate.cov)
         fstate = eqx.tree_at(lambda s: s.cov, fstate, cov)
         spike = (jnp.abs(z[0]) > config.spike_sigma) & armed
         spikes = jnp.roll(diag.spikes, 1).at[0].set(spike)
@@ -461,12 +463,16 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, *, supervisor: boo
         qinv_var_ref = jnp.where(at_ref, fstate.cov[4, 4], diag.qinv_var_ref)
         have_ref = t + 1.0 >= config.reference_at_s
         dr = m1[3] - r0_ref
-        r0_hit = have_ref & (dr > config.drift_sigma * jnp.sqrt(fstate.cov[3, 3] + r0_var_ref)) & (
-            dr > config.r0_rel * r0_ref
+        r0_hit = (
+            have_ref
+            & (dr > config.drift_sigma * jnp.sqrt(fstate.cov[3, 3] + r0_var_ref))
+            & (dr > config.r0_rel * r0_ref)
         )
         dq = m1[4] - qinv_ref  # fade raises 1/Q
-        q_hit = have_ref & (dq > config.drift_sigma * jnp.sqrt(fstate.cov[4, 4] + qinv_var_ref)) & (
-            dq > config.capacity_rel * qinv_ref
+        q_hit = (
+            have_ref
+            & (dq > config.drift_sigma * jnp.sqrt(fstate.cov[4, 4] + qinv_var_ref))
+            & (dq > config.capacity_rel * qinv_ref)
         )
         r0_run = jnp.where(r0_hit, diag.r0_run + 1, 0)
         q_run = jnp.where(q_hit, diag.q_run + 1, 0)
@@ -504,7 +510,7 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, *, supervisor: boo
 
     def interval(carry, k):
         inner, previous = carry
-        x, fstate = inner[0], inner[1]
+        fstate = inner[1]
         t0 = (k * config.interval_ticks).astype(float)
         _, c_idx = phase(t0, fstate.mean[0], inner[4], inner[5])
         m, P = fstate.mean, fstate.cov
@@ -524,7 +530,8 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, *, supervisor: boo
         return (inner, previous), (out, info)
 
     t_amb = config.ambient_c + KELVIN
-    x0 = jnp.array([config.soc_start, 0.0, t_amb])
+    soc0 = config.soc_start if soc_start is None else soc_start
+    x0 = jnp.stack([jnp.asarray(soc0, float), jnp.zeros(()), jnp.asarray(t_amb, float)])
     fstate = nonlinear.ekf_init(twin)
     diag = Diag(
         jnp.zeros(()), jnp.zeros(()), jnp.zeros((config.spike_window_s,), bool), twin.initial.mean[3],
@@ -560,7 +567,7 @@ def _voltage_capped_current(cell, x, i_max, v_max, dt):
 
 def cccv_run(config: Config, cell, x0, i_cc, ticks: int):
     """CC-CV on ``cell`` from ``x0`` at 1 s ticks: ``I = −min(i_cc, I_cv(x))`` until SOC ≥ target, then 0; returns
-    (socs ``(ticks + 1,)``, max T, max V)."""
+    per-tick (socs ``(ticks + 1,)``, temperatures, voltages, currents)."""
     i_max = config.i_max_c_rate * CAPACITY_NOMINAL_AH
 
     def body(x, _):
@@ -568,28 +575,26 @@ def cccv_run(config: Config, cell, x0, i_cc, ticks: int):
         a = jnp.where(x[0] >= config.soc_target, 0.0, a)
         u = jnp.reshape(-a, (1,))
         x1 = rk4_step(cell, x, u, 1.0)
-        return x1, (x1[0], x1[2], cell.terminal_voltage(0.0, x1, u))
+        return x1, (x1[0], x1[2], cell.terminal_voltage(0.0, x1, u), -a)
 
-    _, (soc, temp, volts) = jax.lax.scan(body, x0, None, length=ticks)
-    return jnp.concatenate([x0[:1], soc]), jnp.max(temp), jnp.max(volts)
+    _, (soc, temp, volts, cur) = jax.lax.scan(body, x0, None, length=ticks)
+    return jnp.concatenate([x0[:1], soc]), temp, volts, cur
 
 
 def best_cccv(config: Config, cell, x0, ticks: int):
     """The largest constant current whose CC-CV charge never exceeds ``T_max`` (two vmapped grid refinements of 32,
-    resolution ``I_max / 1024``); returns (current, socs, max T, max V)."""
+    resolution ``I_max / 1024``); returns (current, its per-tick trajectories as :func:`cccv_run`)."""
     i_max = config.i_max_c_rate * CAPACITY_NOMINAL_AH
     t_max = config.t_max_c + KELVIN
-    run = jax.vmap(lambda i: cccv_run(config, cell, x0, i, ticks))
+    run = jax.vmap(lambda i: jnp.max(cccv_run(config, cell, x0, i, ticks)[1]))
     lo, hi = 0.0, i_max
     for _ in range(2):
         grid = jnp.linspace(lo, hi, 33)[1:]
-        _, temps, _ = run(grid)
-        ok = temps <= t_max
+        ok = run(grid) <= t_max
         idx = jnp.sum(ok)  # feasibility is monotone in the current: the first `idx` are feasible
         lo = jnp.where(idx > 0, grid[jnp.maximum(idx - 1, 0)], lo)
         hi = jnp.where(idx < 32, grid[jnp.minimum(idx, 31)], hi)
-    socs, tmax, vmax = cccv_run(config, cell, x0, lo, ticks)
-    return lo, socs, tmax, vmax
+    return lo, cccv_run(config, cell, x0, lo, ticks)
 
 
 def _interval_step(cell, x, u, ticks: int):
@@ -726,16 +731,19 @@ def loop_metrics(config: Config, plant: Plant, out, info) -> dict:
     }
 
 
-def evaluate(config: Config, key: jax.Array) -> dict:
-    """The default run and its baselines (pure; no I/O): per-tick trajectories under ``"trace"``."""
-    plant = make_plant(config)
-    out, info = closed_loop(config, plant, key, supervisor=config.supervisor)
+def run_once(config: Config, key: jax.Array, factors=None, supervisor=True, trace: bool = False) -> dict:
+    """One closed-loop run and its two baselines on the same true plant (pure). ``factors`` overrides the hidden
+    truth (the ``*_factor`` fields, ``current_bias_a``, ``soc_start``); ``trace`` adds the per-tick trajectories."""
+    factors = factors or {}
+    plant = make_plant(config, factors)
+    out, info = closed_loop(config, plant, key, supervisor, factors.get("soc_start"))
     metrics = loop_metrics(config, plant, out, info)
     c0 = int(config.charges_s[0])
     x_start = out["x"][c0 - 1]
     cell = plant.cell_at(float(c0))
     ticks = config.optimal_horizon * config.interval_ticks
-    i_cc, cc_socs, cc_tmax, cc_vmax = best_cccv(config, cell, x_start, ticks)
+    i_cc, (cc_socs, cc_T, cc_V, cc_I) = best_cccv(config, cell, x_start, ticks)
+    cc_tmax, cc_vmax = jnp.max(cc_T), jnp.max(cc_V)
     plan, sol = optimal_charge(config, cell, x_start)
     opt_socs, opt_v, opt_T = replay(config, cell, x_start, plan)
     greedy = greedy_charge(config, cell, x_start)
@@ -746,6 +754,7 @@ def evaluate(config: Config, key: jax.Array) -> dict:
         cccv_charge_time_s=crossing_time(cc_socs, config.drive_stop_soc, config.soc_target),
         cccv_current_a=i_cc,
         cccv_max_temperature_c=cc_tmax - KELVIN,
+        cccv_max_voltage_v=cc_vmax,
         optimal_charge_time_s=jnp.fmin(t_ocp, t_greedy),
         optimal={
             "ocp_time_s": t_ocp,
@@ -757,13 +766,164 @@ def evaluate(config: Config, key: jax.Array) -> dict:
             "max_temperature_c": jnp.max(opt_T) - KELVIN,
         },
     )
-    metrics["trace"] = {
-        "out": out,
-        "info": info,
-        "cccv_socs": cc_socs,
-        "optimal_plan": plan,
-        "optimal_socs": opt_socs,
-        "optimal_temperature": opt_T,
-        "optimal_voltage": opt_v,
-    }
+    if trace:
+        metrics["trace"] = {
+            "out": out,
+            "info": info,
+            "cccv_socs": cc_socs,
+            "cccv_temperature": cc_T,
+            "cccv_voltage": cc_V,
+            "cccv_current": cc_I,
+            "optimal_plan": plan,
+            "optimal_socs": opt_socs,
+            "optimal_temperature": opt_T,
+            "optimal_voltage": opt_v,
+        }
     return metrics
+
+
+SWEEP_RANGES = {  # uniform ranges of the hidden truth in a sweep (current bias: normal, sd 0.1 A)
+    "r0_factor": (1.0, 1.4),
+    "capacity_factor": (0.9, 1.0),
+    "r1_factor": (0.9, 1.2),
+    "c1_factor": (0.8, 1.1),
+    "cooling_factor": (0.9, 1.0),
+    "heat_capacity_factor": (0.95, 1.1),
+    "soc_start": (0.5, 0.7),
+}
+
+
+def draw_factors(key: jax.Array, runs: int) -> dict:
+    """Randomised hidden truths for a sweep: :data:`SWEEP_RANGES` and a ``N(0, 0.1²)`` current bias."""
+    keys = jax.random.split(key, len(SWEEP_RANGES) + 1)
+    out = {
+        name: jax.random.uniform(k, (runs,), minval=lo, maxval=hi)
+        for k, (name, (lo, hi)) in zip(keys[:-1], SWEEP_RANGES.items())
+    }
+    out["current_bias_a"] = 0.1 * jax.random.normal(keys[-1], (runs,))
+    return out
+
+
+def evaluate_sweep(config: Config, key: jax.Array) -> dict:
+    """``sweep_runs`` randomised runs (hidden truth, bias, initial SOC, noise, drive), each with and without the
+    supervisor (common random numbers), vmapped into one compiled call. Per-run metrics, leading axes
+    ``(supervisor on/off, run)``."""
+    k_f, k_runs = jax.random.split(key)
+    factors = draw_factors(k_f, config.sweep_runs)
+    keys = jax.random.split(k_runs, config.sweep_runs)
+    one = lambda sup, f, k: run_once(config, k, f, sup)  # noqa: E731
+    runs = jax.vmap(jax.vmap(one, (None, 0, 0)), (0, None, None))
+    return {"factors": factors, "runs": runs(jnp.array([True, False]), factors, keys)}
+
+
+def sweep_summary(config: Config, sweep: dict) -> dict:
+    """Pooled figures of a sweep (plain Python values)."""
+    r = jax.tree_util.tree_map(np.asarray, sweep["runs"])
+    out = {"runs": config.sweep_runs}
+    for j, name in enumerate(("supervised", "mpc_only")):
+        charge_ticks = None
+        frac = r["violating_charge_fraction"][j]
+        out[name] = {
+            "violating_charge_fraction_mean": float(np.mean(frac)),
+            "violating_charge_fraction_max": float(np.max(frac)),
+            "runs_with_violation": int(np.sum(r["violations"][j] > 0)),
+            "max_voltage_v": float(np.max(r["max_voltage_v"][j])),
+            "max_temperature_c": float(np.max(r["max_temperature_c"][j])),
+        }
+        del charge_ticks
+    s = {k: v[0] for k, v in r.items() if not isinstance(v, dict)}
+    ratio_opt = s["charge_time_s"] / s["optimal_charge_time_s"]
+    ratio_cc = s["charge_time_s"] / s["cccv_charge_time_s"]
+    delays = {k: v[0] for k, v in r["detection_delay_s"].items()}
+    out.update(
+        soc_rmse_max=float(np.max(s["soc_rmse"])),
+        soc_rmse_median=float(np.median(s["soc_rmse"])),
+        charge_over_optimal_median=float(np.nanmedian(ratio_opt)),
+        charge_over_optimal_max=float(np.nanmax(ratio_opt)),
+        within_5pct_of_optimal=float(np.mean(ratio_opt <= 1.05)),
+        faster_than_cccv=float(np.mean(ratio_cc < 1.0)),
+        charge_over_cccv_median=float(np.nanmedian(ratio_cc)),
+        false_alarms_total=int(np.sum(s["false_alarms"])),
+        nominal_hours_total=float(config.sweep_runs * config.nominal_end_s / 3600.0),
+        misclassified_total=int(np.sum(s["misclassified_alarms"])),
+        detected_fraction={k: float(np.mean(np.isfinite(v))) for k, v in delays.items()},
+        detection_delay_median_s={
+            k: float(np.nanmedian(v)) if np.any(np.isfinite(v)) else None for k, v in delays.items()
+        },
+    )
+    return out
+
+
+def evaluate(config: Config, key: jax.Array) -> dict:
+    """The default run (with per-tick trajectories under ``"trace"``) and, when ``sweep_runs > 0``, the sweep."""
+    k_run, k_sweep = jax.random.split(key)
+    out = run_once(config, k_run, None, config.supervisor, trace=True)
+    if config.sweep_runs > 0:
+        out["sweep"] = evaluate_sweep(config, k_sweep)
+    return out
+
+
+_evaluate_jit = jax.jit(evaluate, static_argnums=0)
+
+
+def arl_check(config: Config, out) -> dict:
+    """In-control checks of the detectors on the nominal phase of the run (after the warm-up): the standardised
+    temperature innovation's variance and lag-1 autocorrelation, the CUSUM's ARL by Siegmund's approximation under
+    that long-run variance (in hours), and the voltage-spike rate."""
+    from twinjax.diagnostics.residuals import siegmund_arl
+
+    t = np.asarray(out["t"])
+    sel = (t > config.warmup_s) & (t <= config.nominal_end_s)
+    zt, zv = np.asarray(out["z"])[sel, 1], np.asarray(out["z"])[sel, 0]
+    var = float(np.var(zt))
+    rho = float(np.corrcoef(zt[:-1], zt[1:])[0, 1])
+    lrv = var * (1 + max(rho, 0.0)) / (1 - max(rho, 0.0))
+    h = float(_thresholds(config))
+    sd = np.sqrt(lrv)
+    arl = float(siegmund_arl(h / sd, config.cusum_k / sd)) / 2.0  # two one-sided CUSUMs
+    return {
+        "cusum_threshold": h,
+        "temperature_innovation_variance": var,
+        "temperature_innovation_lag1": rho,
+        "cusum_arl_hours_at_measured_variance": arl / 3600.0,
+        "voltage_innovation_variance": float(np.var(zv)),
+        "voltage_spike_rate": float(np.mean(np.abs(zv) > config.spike_sigma)),
+    }
+
+
+def run(config: Config, run_dir: pathlib.Path) -> dict:
+    start = time.perf_counter()
+    with jax.enable_x64(True):
+        out = jax.device_get(_evaluate_jit(config, jax.random.key(config.seed)))
+    wall = time.perf_counter() - start
+    trace = out.pop("trace")
+    sweep = out.pop("sweep", None)
+    results = jax.tree_util.tree_map(lambda v: np.asarray(v).item() if np.ndim(v) == 0 else v, out)
+    results["charge_speedup_over_cccv"] = results["cccv_charge_time_s"] / results["charge_time_s"] - 1.0
+    results["charge_over_optimal"] = results["charge_time_s"] / results["optimal_charge_time_s"] - 1.0
+    results["detectors"] = arl_check(config, trace["out"])
+    if sweep is not None:
+        results["sweep"] = sweep_summary(config, sweep)
+    results["targets"] = {
+        "soc_rmse_le_1.5pct": results["soc_rmse"] <= 0.015,
+        "zero_violations": results["violations"] == 0,
+        "within_5pct_of_optimal": results["charge_over_optimal"] <= 0.05,
+        "faster_than_cccv": results["charge_time_s"] < results["cccv_charge_time_s"],
+        "all_faults_detected": all(np.isfinite(v) for v in results["detection_delay_s"].values()),
+        "no_false_alarms": results["false_alarms"] == 0,
+        "no_misclassified_alarms": results["misclassified_alarms"] == 0,
+        "wall_time_le_120s": wall <= 120.0,
+    }
+    if sweep is not None:
+        results["targets"]["sweep_violating_fraction_le_alpha"] = (
+            results["sweep"]["supervised"]["violating_charge_fraction_mean"] <= config.alpha
+            and results["sweep"]["mpc_only"]["violating_charge_fraction_mean"] <= config.alpha
+        )
+    results["wall_time_s"] = wall
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    from experiments import _bms_figures
+
+    _bms_figures.all_figures(config, trace, results, fig_dir)
+    write_json(run_dir / "results.json", results)
+    return results

@@ -6,12 +6,13 @@ pair, one thermal node) whose parameters the twin does not know; it is integrate
 Gaussian noise, and a constant current-sensor bias ``b``: ``I_meas = I + b + ε_I``. Faults (:class:`Faults`, times in
 s, all arrays so a sweep can vary them):
 
-| fault | model |
-|---|---|
-| capacity fade | ``Q → f_Q Q`` from ``capacity_at_s`` on (a step; the state of charge stays continuous) |
-| resistance growth | ``R0 → (1 + (f_R - 1) r(t)) R0``, ``r`` a linear ramp from 0 to 1 over ``[resistance_at_s, + ramp]`` |
-| loose connection | a contact resistance ``R_c`` in the sensed current path, intermittently: bursts of ``burst_s`` switched on at random (probability ``duty``) inside ``[loose_from_s, loose_to_s)``; the sensed voltage becomes ``V - R_c I`` |
-| temperature-sensor fault | the temperature reading sticks at its value at ``tsensor_at_s`` (stuck-at fault) |
+- *capacity fade*: ``Q → f_Q Q`` from ``capacity_at_s`` on (a step; the state of charge stays continuous);
+- *resistance growth*: ``R0 → (1 + (f_R - 1) r(t)) R0``, ``r`` a linear ramp from 0 to 1 over
+  ``[resistance_at_s, resistance_at_s + resistance_ramp_s]``;
+- *loose connection*: a contact resistance ``R_c`` in the sensed current path, intermittently: bursts of ``burst_s``
+  switched on at random (probability ``duty``) inside ``[loose_from_s, loose_to_s)``; the sensed voltage becomes
+  ``V - R_c I``;
+- *temperature-sensor fault*: the reading sticks at its value at ``tsensor_at_s`` (stuck-at fault).
 
 **Twin** (:class:`AugmentedBattery`). The estimator's discrete-time model on the augmented state
 ``z = [soc, v_1, T, R0, 1/Q, b]``: one RK4 step of the nominal cell with ``R0`` and ``Q`` taken from the state and the
