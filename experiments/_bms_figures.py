@@ -149,3 +149,35 @@ def all_figures(config, trace, results, fig_dir):
     overview(config, trace, results, fig_dir / "bms_overview.png")
     charge(config, trace, results, fig_dir / "bms_charge.png")
     parameters(config, trace, fig_dir / "bms_parameters.png")
+
+
+def sweep(config, sweep, path):
+    """Per-run charge times against both baselines, and the violating-tick fractions with and without the
+    supervisor, over the randomised runs."""
+    r = {k: np.asarray(v) for k, v in sweep["runs"].items() if not isinstance(v, dict)}
+    b = {k: np.asarray(v) for k, v in sweep["baselines"].items() if not isinstance(v, dict)}
+    t = r["charge_time_s"][0]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax[0].scatter(b["optimal_charge_time_s"], t, s=14, label="MPC twin", color="tab:blue")
+    ax[0].scatter(
+        b["optimal_charge_time_s"], b["cccv_charge_time_s"], s=14, label="best safe CC-CV", color="tab:orange"
+    )
+    lo, hi = np.nanmin(b["optimal_charge_time_s"]), np.nanmax(b["cccv_charge_time_s"])
+    xs = np.linspace(lo, hi, 10)
+    ax[0].plot(xs, xs, "k", lw=0.8, label="optimum")
+    ax[0].plot(xs, 1.05 * xs, "k--", lw=0.8, label="optimum + 5 %")
+    ax[0].set_xlabel("perfect-information optimum, 10→80 % (s)")
+    ax[0].set_ylabel("charge time, 10→80 % (s)")
+    ax[0].legend(fontsize=8)
+    ax[0].set_title(f"{t.size} randomised plants", fontsize=9)
+    frac = r["violating_charge_fraction"]
+    bins = np.linspace(0, max(config.alpha, float(np.max(frac))) * 1.1 + 1e-9, 30)
+    ax[1].hist(frac[1], bins=bins, alpha=0.6, label="MPC only (risk α)", color="tab:red")
+    ax[1].hist(frac[0], bins=bins, alpha=0.6, label="MPC + supervisor", color="tab:green")
+    ax[1].axvline(config.alpha, color="k", ls="--", lw=0.8, label="α")
+    ax[1].set_xlabel("fraction of charging ticks violating a hard limit (per run)")
+    ax[1].set_ylabel("runs")
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -84,11 +84,14 @@ SUMMARY_KEYS = (
     "charge_time_s",
     "cccv_charge_time_s",
     "optimal_charge_time_s",
+    "charge_speedup_over_cccv",
+    "charge_over_optimal",
     "detection_delay_s",
     "false_alarms",
     "misclassified_alarms",
     "wall_time_s",
-    "sweep",
+    "targets",
+    "sweep_headline",
 )
 KELVIN = 273.15
 R0_NOMINAL_OHM = 0.015  # physics.battery.cell_5Ah
@@ -598,44 +601,55 @@ def best_cccv(config: Config, cell, x0, ticks: int):
 
 
 def _interval_step(cell, x, u, ticks: int):
-    return jax.lax.fori_loop(0, ticks, lambda _, y: rk4_step(cell, y, u, 1.0), x)
+    """``ticks`` RK4 ticks of 1 s with the current held: (the end state, the temperatures at the ticks)."""
+
+    def body(y, _):
+        y1 = rk4_step(cell, y, u, 1.0)
+        return y1, y1[2]
+
+    return jax.lax.scan(body, x, None, length=ticks)
 
 
 def optimal_charge(config: Config, cell, x0):
-    """The perfect-information charge on the true ``cell``: the charging OCP (same cost and 20 s intervals as the MPC,
-    constraints ``V ≤ V_max``, ``T ≤ T_max`` at the end of each interval, RK4 ticks inside) solved by SQP from a cold
-    start with horizon ``optimal_horizon``. Returns the plan's currents ``(N,)`` and the solution."""
+    """The perfect-information charge on the true ``cell``: the charging OCP (same cost and 20 s intervals as the MPC)
+    solved by SQP from a cold start with horizon ``optimal_horizon``, under the same limits as the closed loop at every
+    1 s tick: ``T ≤ T_max`` at each tick (the OCP state carries the interval's peak temperature; it can peak inside
+    an interval after a step down in current, while the RC heat ``I v_1`` decays) and ``V ≤ V_max`` at the end of each
+    interval (at constant charging current ``V`` rises through the interval). Returns the plan's currents ``(N,)`` and
+    the solution."""
     i_max = config.i_max_c_rate * CAPACITY_NOMINAL_AH
     n = config.interval_ticks
     target = config.soc_target + config.target_margin
     v_max, t_max = config.v_max, config.t_max_c + KELVIN
 
     def dynamics(x, u, c):
-        return _interval_step(c, x, u, n)
+        x1, temps = _interval_step(c, x[:3], u, n)
+        return jnp.concatenate([x1, temps])
 
     def cost(x, u, du, c):
         return config.soc_weight * (target - x[0]) ** 2 + 1e-4 * jnp.sum((du / i_max) ** 2)
 
     def con(x, u, c):
-        return jnp.stack([c.terminal_voltage(0.0, x, u) - v_max, x[2] - t_max])
+        return jnp.concatenate([(c.terminal_voltage(0.0, x[:3], u) - v_max)[None], x[3:] - t_max])
 
-    ocp = mpc.OCP(dynamics, cost, horizon=config.optimal_horizon, state_dim=3, u_lo=np.array([-i_max]),
+    ocp = mpc.OCP(dynamics, cost, horizon=config.optimal_horizon, state_dim=3 + n, u_lo=np.array([-i_max]),
                   u_hi=np.zeros(1), constraint=con)  # fmt: skip
-    sol = mpc.solve(ocp, x0, cell, tol=1e-8, max_iter=200, implicit_diff=False)
+    sol = mpc.solve(ocp, jnp.concatenate([x0, jnp.full((n,), x0[2])]), cell, tol=1e-8, max_iter=100,
+                    implicit_diff=False)  # fmt: skip
     return sol.us[:, 0], sol
 
 
 def greedy_charge(config: Config, cell, x0):
-    """Each 20 s interval at the largest current whose end-of-interval ``V`` and ``T`` stay within the limits
-    (bisection): a feasible plan, and a check on the OCP's optimality (the OCP must not be slower)."""
+    """Each 20 s interval at the largest current whose ticks stay within the limits (``T`` at every tick, ``V`` at
+    the interval's end; bisection): a feasible plan, and a check on the OCP's optimality (it must not be slower)."""
     i_max = config.i_max_c_rate * CAPACITY_NOMINAL_AH
     n = config.interval_ticks
     t_max = config.t_max_c + KELVIN
 
     def ok(x, a):
         u = jnp.reshape(-a, (1,))
-        x1 = _interval_step(cell, x, u, n)
-        return (cell.terminal_voltage(0.0, x1, u) <= config.v_max) & (x1[2] <= t_max)
+        x1, temps = _interval_step(cell, x, u, n)
+        return (cell.terminal_voltage(0.0, x1, u) <= config.v_max) & (jnp.max(temps) <= t_max)
 
     def body(x, _):
         def bis(_, bracket):
@@ -647,7 +661,7 @@ def greedy_charge(config: Config, cell, x0):
         lo, _ = jax.lax.fori_loop(0, 30, bis, (jnp.zeros(()), jnp.asarray(i_max, float)))
         a = jnp.where(ok(x, i_max), i_max, lo)
         a = jnp.where(x[0] >= config.soc_target, 0.0, a)
-        x1 = _interval_step(cell, x, jnp.reshape(-a, (1,)), n)
+        x1, _ = _interval_step(cell, x, jnp.reshape(-a, (1,)), n)
         return x1, -a
 
     _, us = jax.lax.scan(body, x0, None, length=config.optimal_horizon)
@@ -720,8 +734,15 @@ def loop_metrics(config: Config, plant: Plant, out, info) -> dict:
         "charge_time_s": crossing_time(socs, config.drive_stop_soc, config.soc_target),
         "detection_delay_s": delay,
         "false_alarms": jnp.sum(edges & nominal[:, None]),
+        # in-control spike counts (|z_V| beyond spike_sigma in the armed nominal phase), pooled over a sweep
+        "nominal_spikes": jnp.sum((jnp.abs(out["z"][:, 0]) > config.spike_sigma) & nominal & (t > config.warmup_s)),
+        "nominal_ticks": jnp.sum(nominal & (t > config.warmup_s)),
         "misclassified_alarms": misclassified,
         "supervisor_override_fraction": jnp.sum(out["overridden"] & charging) / jnp.maximum(jnp.sum(charging), 1),
+        # the charge the supervisor removed from the commands, as a fraction of the commanded charge
+        "supervisor_cut_fraction": 1.0
+        - jnp.sum(jnp.where(charging, jnp.abs(out["current"]), 0.0))
+        / jnp.maximum(jnp.sum(jnp.where(charging, jnp.abs(out["demand"]), 0.0)), 1e-12),
         "mpc": {
             "solves": jnp.sum(info["solved"]),
             "converged_fraction": jnp.sum(info["converged"]) / jnp.maximum(jnp.sum(info["solved"]), 1),
@@ -731,32 +752,23 @@ def loop_metrics(config: Config, plant: Plant, out, info) -> dict:
     }
 
 
-def run_once(config: Config, key: jax.Array, factors=None, supervisor=True, trace: bool = False) -> dict:
-    """One closed-loop run and its two baselines on the same true plant (pure). ``factors`` overrides the hidden
-    truth (the ``*_factor`` fields, ``current_bias_a``, ``soc_start``); ``trace`` adds the per-tick trajectories."""
-    factors = factors or {}
-    plant = make_plant(config, factors)
-    out, info = closed_loop(config, plant, key, supervisor, factors.get("soc_start"))
-    metrics = loop_metrics(config, plant, out, info)
-    c0 = int(config.charges_s[0])
-    x_start = out["x"][c0 - 1]
-    cell = plant.cell_at(float(c0))
+def baselines(config: Config, cell, x_start) -> dict:
+    """The best safe CC-CV and the perfect-information optimum on the true ``cell`` from ``x_start`` (pure)."""
     ticks = config.optimal_horizon * config.interval_ticks
     i_cc, (cc_socs, cc_T, cc_V, cc_I) = best_cccv(config, cell, x_start, ticks)
-    cc_tmax, cc_vmax = jnp.max(cc_T), jnp.max(cc_V)
     plan, sol = optimal_charge(config, cell, x_start)
     opt_socs, opt_v, opt_T = replay(config, cell, x_start, plan)
     greedy = greedy_charge(config, cell, x_start)
     gr_socs, _, _ = replay(config, cell, x_start, greedy)
     t_ocp = crossing_time(opt_socs, config.drive_stop_soc, config.soc_target)
     t_greedy = crossing_time(gr_socs, config.drive_stop_soc, config.soc_target)
-    metrics.update(
-        cccv_charge_time_s=crossing_time(cc_socs, config.drive_stop_soc, config.soc_target),
-        cccv_current_a=i_cc,
-        cccv_max_temperature_c=cc_tmax - KELVIN,
-        cccv_max_voltage_v=cc_vmax,
-        optimal_charge_time_s=jnp.fmin(t_ocp, t_greedy),
-        optimal={
+    metrics = {
+        "cccv_charge_time_s": crossing_time(cc_socs, config.drive_stop_soc, config.soc_target),
+        "cccv_current_a": i_cc,
+        "cccv_max_temperature_c": jnp.max(cc_T) - KELVIN,
+        "cccv_max_voltage_v": jnp.max(cc_V),
+        "optimal_charge_time_s": jnp.fmin(t_ocp, t_greedy),
+        "optimal": {
             "ocp_time_s": t_ocp,
             "greedy_time_s": t_greedy,
             "kkt_residual": sol.kkt_residual,
@@ -765,20 +777,38 @@ def run_once(config: Config, key: jax.Array, factors=None, supervisor=True, trac
             "max_voltage_v": jnp.max(opt_v),
             "max_temperature_c": jnp.max(opt_T) - KELVIN,
         },
-    )
+    }
+    trace = {
+        "cccv_socs": cc_socs,
+        "cccv_temperature": cc_T,
+        "cccv_voltage": cc_V,
+        "cccv_current": cc_I,
+        "optimal_plan": plan,
+        "optimal_socs": opt_socs,
+        "optimal_temperature": opt_T,
+        "optimal_voltage": opt_v,
+    }
+    return metrics, trace
+
+
+def loop_run(config: Config, key: jax.Array, factors=None, supervisor=True):
+    """One closed-loop run on the plant with hidden truth ``factors`` (default: the config's): (metrics, per-tick
+    outputs, per-interval info, the true cell and state at the start of charge 1)."""
+    factors = factors or {}
+    plant = make_plant(config, factors)
+    out, info = closed_loop(config, plant, key, supervisor, factors.get("soc_start"))
+    c0 = int(config.charges_s[0])
+    return loop_metrics(config, plant, out, info), out, info, plant.cell_at(float(c0)), out["x"][c0 - 1]
+
+
+def run_once(config: Config, key: jax.Array, factors=None, supervisor=True, trace: bool = False) -> dict:
+    """One closed-loop run and its two baselines on the same true plant (pure). ``factors`` overrides the hidden
+    truth (the ``*_factor`` fields, ``current_bias_a``, ``soc_start``); ``trace`` adds the per-tick trajectories."""
+    metrics, out, info, cell, x_start = loop_run(config, key, factors, supervisor)
+    base, base_trace = baselines(config, cell, x_start)
+    metrics.update(base)
     if trace:
-        metrics["trace"] = {
-            "out": out,
-            "info": info,
-            "cccv_socs": cc_socs,
-            "cccv_temperature": cc_T,
-            "cccv_voltage": cc_V,
-            "cccv_current": cc_I,
-            "optimal_plan": plan,
-            "optimal_socs": opt_socs,
-            "optimal_temperature": opt_T,
-            "optimal_voltage": opt_v,
-        }
+        metrics["trace"] = {"out": out, "info": info, **base_trace}
     return metrics
 
 
@@ -811,9 +841,18 @@ def evaluate_sweep(config: Config, key: jax.Array) -> dict:
     k_f, k_runs = jax.random.split(key)
     factors = draw_factors(k_f, config.sweep_runs)
     keys = jax.random.split(k_runs, config.sweep_runs)
-    one = lambda sup, f, k: run_once(config, k, f, sup)  # noqa: E731
-    runs = jax.vmap(jax.vmap(one, (None, 0, 0)), (0, None, None))
-    return {"factors": factors, "runs": runs(jnp.array([True, False]), factors, keys)}
+
+    def one(sup, f, k):
+        metrics, _, _, cell, x_start = loop_run(config, k, f, sup)
+        return metrics, (cell, x_start)
+
+    metrics, (cells, starts) = jax.vmap(jax.vmap(one, (None, 0, 0)), (0, None, None))(
+        jnp.array([True, False]), factors, keys
+    )
+    # the baselines depend on the plant only: once per run (from the supervised loop's state at the charge start)
+    first = jax.tree_util.tree_map(lambda a: a[0], (cells, starts))
+    base, _ = jax.vmap(lambda c, x: baselines(config, c, x))(*first)
+    return {"factors": factors, "runs": metrics, "baselines": base}
 
 
 def sweep_summary(config: Config, sweep: dict) -> dict:
@@ -821,7 +860,6 @@ def sweep_summary(config: Config, sweep: dict) -> dict:
     r = jax.tree_util.tree_map(np.asarray, sweep["runs"])
     out = {"runs": config.sweep_runs}
     for j, name in enumerate(("supervised", "mpc_only")):
-        charge_ticks = None
         frac = r["violating_charge_fraction"][j]
         out[name] = {
             "violating_charge_fraction_mean": float(np.mean(frac)),
@@ -830,10 +868,10 @@ def sweep_summary(config: Config, sweep: dict) -> dict:
             "max_voltage_v": float(np.max(r["max_voltage_v"][j])),
             "max_temperature_c": float(np.max(r["max_temperature_c"][j])),
         }
-        del charge_ticks
     s = {k: v[0] for k, v in r.items() if not isinstance(v, dict)}
-    ratio_opt = s["charge_time_s"] / s["optimal_charge_time_s"]
-    ratio_cc = s["charge_time_s"] / s["cccv_charge_time_s"]
+    b = jax.tree_util.tree_map(np.asarray, sweep["baselines"])
+    ratio_opt = s["charge_time_s"] / b["optimal_charge_time_s"]
+    ratio_cc = s["charge_time_s"] / b["cccv_charge_time_s"]
     delays = {k: v[0] for k, v in r["detection_delay_s"].items()}
     out.update(
         soc_rmse_max=float(np.max(s["soc_rmse"])),
@@ -844,6 +882,8 @@ def sweep_summary(config: Config, sweep: dict) -> dict:
         faster_than_cccv=float(np.mean(ratio_cc < 1.0)),
         charge_over_cccv_median=float(np.nanmedian(ratio_cc)),
         false_alarms_total=int(np.sum(s["false_alarms"])),
+        nominal_spikes_total=int(np.sum(s["nominal_spikes"])),
+        nominal_ticks_total=int(np.sum(s["nominal_ticks"])),
         nominal_hours_total=float(config.sweep_runs * config.nominal_end_s / 3600.0),
         misclassified_total=int(np.sum(s["misclassified_alarms"])),
         detected_fraction={k: float(np.mean(np.isfinite(v))) for k, v in delays.items()},
@@ -881,14 +921,54 @@ def arl_check(config: Config, out) -> dict:
     h = float(_thresholds(config))
     sd = np.sqrt(lrv)
     arl = float(siegmund_arl(h / sd, config.cusum_k / sd)) / 2.0  # two one-sided CUSUMs
+    # spike detector: P(≥ m spikes among the last W ticks) with the per-tick spike probability at its upper 95 %
+    # bound from the nominal phase (3/n when none was seen), i.e. an in-control ARL of at least 1/that per tick
+    from scipy import stats
+
+    n = zv.size
+    spikes = int(np.sum(np.abs(zv) > config.spike_sigma))
+    p_hi = stats.beta.ppf(0.95, spikes + 1, n - spikes) if n else 1.0
+    p_alarm = stats.binom.sf(config.spike_count - 1, config.spike_window_s, p_hi)
+    # drift tests: the largest relative change of the R0 and capacity estimates from their references during the
+    # nominal phase, against the alarm sizes r0_rel and capacity_rel
+    mean = np.asarray(out["mean"])
+    after = (t >= config.reference_at_s) & (t <= config.nominal_end_s)
+    k_ref = int(np.argmax(t >= config.reference_at_s))
+    r0_rel = np.max(mean[after, 3] / mean[k_ref, 3] - 1.0) if np.any(after) else 0.0
+    q_rel = np.max(mean[after, 4] / mean[k_ref, 4] - 1.0) if np.any(after) else 0.0
+    z_spike = config.spike_sigma / np.sqrt(max(np.var(zv), 1e-12))
+    p_gauss = 2 * stats.norm.sf(z_spike)
     return {
+        "r0_drift_max_rel_nominal": float(r0_rel),
+        "capacity_drift_max_rel_nominal": float(q_rel),
+        "spike_detector_arl_hours_gaussian": float(
+            1.0 / max(stats.binom.sf(config.spike_count - 1, config.spike_window_s, p_gauss), 1e-300) / 3600.0
+        ),
         "cusum_threshold": h,
         "temperature_innovation_variance": var,
         "temperature_innovation_lag1": rho,
         "cusum_arl_hours_at_measured_variance": arl / 3600.0,
         "voltage_innovation_variance": float(np.var(zv)),
-        "voltage_spike_rate": float(np.mean(np.abs(zv) > config.spike_sigma)),
+        "voltage_spikes_in_nominal_phase": spikes,
+        "spike_detector_arl_hours_lower_bound": float(1.0 / max(p_alarm, 1e-300) / 3600.0),
     }
+
+
+def _write_sweep_csv(sweep: dict, path: pathlib.Path) -> None:
+    """One row per randomised run: its hidden truth, the supervised run's figures and the baselines."""
+    cols = {f"truth.{k}": np.asarray(v) for k, v in sweep["factors"].items()}
+    for k in ("soc_rmse", "violations", "violating_charge_fraction", "charge_time_s", "false_alarms",
+              "misclassified_alarms", "max_voltage_v", "max_temperature_c"):  # fmt: skip
+        cols[f"supervised.{k}"] = np.asarray(sweep["runs"][k][0])
+        cols[f"mpc_only.{k}"] = np.asarray(sweep["runs"][k][1])
+    for k, v in sweep["runs"]["detection_delay_s"].items():
+        cols[f"supervised.delay_s.{k}"] = np.asarray(v[0])
+    for k in ("cccv_charge_time_s", "cccv_current_a", "optimal_charge_time_s"):
+        cols[k] = np.asarray(sweep["baselines"][k])
+    names = list(cols)
+    rows = np.stack([cols[n].astype(float) for n in names], axis=1)
+    lines = [",".join(names)] + [",".join(f"{v:.6g}" for v in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def run(config: Config, run_dir: pathlib.Path) -> dict:
@@ -904,6 +984,18 @@ def run(config: Config, run_dir: pathlib.Path) -> dict:
     results["detectors"] = arl_check(config, trace["out"])
     if sweep is not None:
         results["sweep"] = sweep_summary(config, sweep)
+        sw = results["sweep"]
+        results["sweep_headline"] = {
+            "runs": sw["runs"],
+            "violating_fraction_supervised": sw["supervised"]["violating_charge_fraction_mean"],
+            "violating_fraction_mpc_only": sw["mpc_only"]["violating_charge_fraction_mean"],
+            "within_5pct_of_optimal": sw["within_5pct_of_optimal"],
+            "faster_than_cccv": sw["faster_than_cccv"],
+            "soc_rmse_max": sw["soc_rmse_max"],
+            "false_alarms_total": sw["false_alarms_total"],
+        }
+    else:
+        results["sweep_headline"] = "not run (--set sweep_runs=50)"
     results["targets"] = {
         "soc_rmse_le_1.5pct": results["soc_rmse"] <= 0.015,
         "zero_violations": results["violations"] == 0,
@@ -925,5 +1017,8 @@ def run(config: Config, run_dir: pathlib.Path) -> dict:
     from experiments import _bms_figures
 
     _bms_figures.all_figures(config, trace, results, fig_dir)
+    if sweep is not None:
+        _bms_figures.sweep(config, sweep, fig_dir / "bms_sweep.png")
+        _write_sweep_csv(sweep, run_dir / "sweep_runs.csv")
     write_json(run_dir / "results.json", results)
     return results

@@ -27,7 +27,7 @@ schedule (UDDS-like stop-and-go); the profile is synthetic, documented here, and
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from twinjax.model.dynamics import AbstractDiscreteDynamics
 
@@ -137,7 +137,7 @@ class Plant(eqx.Module):
         """The cell's true terminal voltage (V) in state ``x`` carrying ``current``."""
         return self.cell_at(t).terminal_voltage(t, x, jnp.reshape(current, (1,)))
 
-    def loose_on(self, t: Float[ArrayLike, ""], key: jax.Array) -> Float[Array, ""]:
+    def loose_on(self, t: Float[ArrayLike, ""], key: jax.Array) -> Bool[Array, ""]:
         """Whether the loose connection is open (a burst) at ``t``: burst ``⌊t / burst_s⌋`` is on with probability
         ``duty`` (a hash of ``key`` and the burst index), inside the fault window."""
         f = self.faults
