@@ -123,23 +123,28 @@ def charge(config, trace, results, path):
 def parameters(config, trace, path):
     o = {k: np.asarray(v) for k, v in trace["out"].items()}
     t = o["t"] / 3600.0
-    fig, ax = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    m, sd = o["mean"], o["sd"]
+    cooling = config.cooling_factor * 0.25  # W/K: the nominal cell's 0.25 W/K times the hidden factor
     rows = (
-        (1e3 * o["mean"][:, 3], 1e3 * o["sd"][:, 3], 1e3 * o["r0_true"], "R0 (mΩ)"),
-        (1 / o["mean"][:, 4], o["sd"][:, 4] / o["mean"][:, 4] ** 2, o["q_true"], "capacity (A h)"),
-        (o["mean"][:, 5], o["sd"][:, 5], None, "current-sensor bias (A)"),
+        (1e3 * m[:, 3], 1e3 * sd[:, 3], 1e3 * o["r0_true"], "R0 (mΩ)"),
+        (1 / m[:, 4], sd[:, 4] / m[:, 4] ** 2, o["q_true"], "capacity (A h)"),
+        (m[:, 5], sd[:, 5], np.full_like(t, config.current_bias_a), "current-sensor bias (A)"),
+        (0.25 * m[:, 6], 0.25 * sd[:, 6], np.full_like(t, cooling), "cooling k (W/K)"),
+        (1e3 * m[:, 7], 1e3 * sd[:, 7], np.full_like(t, 10.0 * config.r1_factor), "R1 (mΩ)"),
+        (m[:, 8], sd[:, 8], np.full_like(t, 3000.0 * config.c1_factor), "C1 (F)"),
     )
-    for a, (m, sd, truth, label) in zip(ax, rows):
-        a.fill_between(t, m - 2 * sd, m + 2 * sd, color="tab:blue", alpha=0.25, lw=0)
-        a.plot(t, m, "tab:blue", lw=1, label="estimate ±2σ")
-        if truth is not None:
-            a.plot(t, truth, "k", lw=1, label="true")
+    fig, axes = plt.subplots(3, 2, figsize=(12, 8), sharex=True)
+    for a, (mean, s, truth, label) in zip(axes.T.ravel(), rows):
+        a.fill_between(t, mean - 2 * s, mean + 2 * s, color="tab:blue", alpha=0.25, lw=0)
+        a.plot(t, mean, "tab:blue", lw=1, label="estimate ±2σ")
+        a.plot(t, truth, "k", lw=1, label="true")
+        lo, hi = np.percentile(np.concatenate([mean, truth]), [1, 99])
+        pad = 0.15 * (hi - lo) + 1e-9
+        a.set_ylim(lo - pad, hi + pad)
         a.set_ylabel(label)
-        a.legend(fontsize=8, loc="upper left")
-    ax[2].axhline(config.current_bias_a, color="k", lw=1)
-    lo, hi = np.percentile(ax[2].lines[0].get_ydata(), [1, 99])
-    ax[2].set_ylim(min(lo, config.current_bias_a) - 0.1, max(hi, config.current_bias_a) + 0.1)
-    ax[2].set_xlabel("time (h)")
+    axes[0, 0].legend(fontsize=8, loc="upper left")
+    for a in axes[-1]:
+        a.set_xlabel("time (h)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -96,6 +96,8 @@ SUMMARY_KEYS = (
 KELVIN = 273.15
 R0_NOMINAL_OHM = 0.015  # physics.battery.cell_5Ah
 CAPACITY_NOMINAL_AH = 5.0
+R1_NOMINAL_OHM = 0.010
+C1_NOMINAL_F = 3000.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +164,11 @@ class Config:
     q_v1: float = 5e-4
     q_temp: float = 0.01
     q_r0: float = 2e-5
-    q_qinv: float = 1e-5
+    q_qinv: float = 6e-5
     q_bias: float = 1e-5
+    q_cool: float = 2e-4
+    q_r1: float = 2e-6
+    q_c1: float = 0.5
     # diagnostics
     warmup_s: float = 300.0
     arl_hours: float = 100.0
@@ -256,7 +261,20 @@ def make_plant(config: Config, factors=None) -> Plant:
 
 def process_noise(config: Config) -> jax.Array:
     return jnp.diag(
-        jnp.array([config.q_soc, config.q_v1, config.q_temp, config.q_r0, config.q_qinv, config.q_bias]) ** 2
+        jnp.array(
+            [
+                config.q_soc,
+                config.q_v1,
+                config.q_temp,
+                config.q_r0,
+                config.q_qinv,
+                config.q_bias,
+                config.q_cool,
+                config.q_r1,
+                config.q_c1,
+            ]
+        )
+        ** 2  # fmt: skip
     )
 
 
@@ -265,8 +283,9 @@ def make_twin(config: Config) -> tj.StateSpaceModel:
     cell = nominal_cell(config)
     dyn = AugmentedBattery(cell)
     mean = jnp.array([config.twin_soc0, 0.0, config.ambient_c + KELVIN, R0_NOMINAL_OHM, 1 / CAPACITY_NOMINAL_AH,
-                      0.0])  # fmt: skip
-    sd = jnp.array([config.twin_soc0_sd, 0.01, 1.0, 0.3 * R0_NOMINAL_OHM, 0.1 / CAPACITY_NOMINAL_AH, 0.2])
+                      0.0, 1.0, R1_NOMINAL_OHM, C1_NOMINAL_F])  # fmt: skip
+    sd = jnp.array([config.twin_soc0_sd, 0.01, 1.0, 0.3 * R0_NOMINAL_OHM, 0.1 / CAPACITY_NOMINAL_AH, 0.2, 0.1,
+                    0.3 * R1_NOMINAL_OHM, 0.3 * C1_NOMINAL_F])  # fmt: skip
     R = jnp.diag(jnp.array([config.voltage_sd_v, config.temperature_sd_k]) ** 2)
     return tj.StateSpaceModel(
         dyn,
@@ -281,25 +300,25 @@ def make_twin(config: Config) -> tj.StateSpaceModel:
 # ------------------------------------------------------------------------------------------------ controller
 
 
-def _with(cell, r0, qinv):
-    return eqx.tree_at(lambda c: (c.r0_ohm, c.capacity_Ah), cell, (r0, 1.0 / qinv))
+def _with(cell, r0):
+    return eqx.tree_at(lambda c: c.r0_ohm, cell, r0)
 
 
 def mpc_problem(config: Config) -> mpc.OCP:
-    """The chance-constrained charging OCP on the moment dynamics of ``x = [soc, v_1, T, R0]``; ``params`` is
-    ``(cell, 1/Q)`` (the twin's nominal cell and the capacity estimate)."""
+    """The chance-constrained charging OCP on the moment dynamics of ``x = [soc, v_1, T, R0]``; ``params`` is the
+    twin's cell at the estimator's current parameter means (its ``R0`` replaced by ``x[3]``)."""
     dt = float(config.interval_ticks)
     v_max, t_max = config.v_max, config.t_max_c + KELVIN
     i_max = config.i_max_c_rate * CAPACITY_NOMINAL_AH
 
     def step_fn(x, u, params):
-        cell, qinv = params
-        x1 = rk4_step(_with(cell, x[3], qinv), x[:3], u, dt)
+        cell = params
+        x1 = rk4_step(_with(cell, x[3]), x[:3], u, dt)
         return jnp.concatenate([x1, x[3:]])
 
     def g(x, u, params):
-        cell, qinv = params
-        volts = _with(cell, x[3], qinv).terminal_voltage(0.0, x[:3], u)
+        cell = params
+        volts = _with(cell, x[3]).terminal_voltage(0.0, x[:3], u)
         return jnp.stack([volts - v_max, x[2] - t_max])
 
     q = np.array([config.q_soc, config.q_v1, config.q_temp, config.q_r0]) ** 2 * config.interval_ticks
@@ -400,7 +419,6 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, supervisor=True, s
     n_int = config.t_end_s // config.interval_ticks
     trips = int(config.drive_max_s // 120) + 2
     scales = jax.random.uniform(k_drive, (len(config.drives_s), trips), minval=0.8, maxval=1.2)
-    cell_nom = nominal_cell(config)
     q_nom = CAPACITY_NOMINAL_AH
     h_cusum = _thresholds(config)
     drives = jnp.asarray(config.drives_s)
@@ -484,7 +502,7 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, supervisor=True, s
         )  # FAULT_CLASSES order
         # accommodation: a newly detected capacity fade re-opens the capacity (and SOC) uncertainty
         fade_now = q_run == config.drift_persist_s
-        inflate = jnp.array([config.fade_inflate_soc, 0, 0, 0, config.fade_inflate_rel * qinv_ref, 0]) ** 2
+        inflate = jnp.array([config.fade_inflate_soc, 0, 0, 0, config.fade_inflate_rel * qinv_ref, 0, 0, 0, 0]) ** 2
         cov = jnp.where(fade_now, fstate.cov + jnp.diag(inflate), fstate.cov)
         fstate = eqx.tree_at(lambda s: s.cov, fstate, cov)
         diag = Diag(g_pos, g_neg, spikes, r0_ref, qinv_ref, r0_var_ref, qinv_var_ref, r0_run, q_run, t_alarm)
@@ -518,7 +536,7 @@ def closed_loop(config: Config, plant: Plant, key: jax.Array, supervisor=True, s
         _, c_idx = phase(t0, fstate.mean[0], inner[4], inner[5])
         m, P = fstate.mean, fstate.cov
         z0 = chance.augment(m[:4], P[:4, :4])
-        params = (cell_nom, m[4])
+        params = twin.dynamics.with_parameters(m)
 
         def solve(prev):
             return mpc.step(ocp, z0, params, prev, tol=config.mpc_tol, max_iter=30)
@@ -836,8 +854,8 @@ def draw_factors(key: jax.Array, runs: int) -> dict:
 
 def evaluate_sweep(config: Config, key: jax.Array) -> dict:
     """``sweep_runs`` randomised runs (hidden truth, bias, initial SOC, noise, drive), each with and without the
-    supervisor (common random numbers), vmapped into one compiled call. Per-run metrics, leading axes
-    ``(supervisor on/off, run)``."""
+    supervisor (common random numbers), in one compiled call; the baselines vmapped over the plants. Per-run
+    metrics, leading axes ``(supervisor on/off, run)``."""
     k_f, k_runs = jax.random.split(key)
     factors = draw_factors(k_f, config.sweep_runs)
     keys = jax.random.split(k_runs, config.sweep_runs)
@@ -846,8 +864,14 @@ def evaluate_sweep(config: Config, key: jax.Array) -> dict:
         metrics, _, _, cell, x_start = loop_run(config, k, f, sup)
         return metrics, (cell, x_start)
 
-    metrics, (cells, starts) = jax.vmap(jax.vmap(one, (None, 0, 0)), (0, None, None))(
-        jnp.array([True, False]), factors, keys
+    # The loops run one after another (lax.map), not vmapped: the loop's lax.cond's (MPC only while charging, the
+    # supervisor's bisection only on a predicted violation) would turn into selects that evaluate both branches at
+    # every tick under vmap — ~10x the work on a CPU.
+    both = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), (factors, keys))
+    sups = jnp.repeat(jnp.array([True, False]), config.sweep_runs)
+    metrics, (cells, starts) = jax.lax.map(lambda a: one(a[0], *a[1]), (sups, both))
+    metrics, cells, starts = jax.tree_util.tree_map(
+        lambda a: a.reshape(2, config.sweep_runs, *a.shape[1:]), (metrics, cells, starts)
     )
     # the baselines depend on the plant only: once per run (from the supervised loop's state at the charge start)
     first = jax.tree_util.tree_map(lambda a: a[0], (cells, starts))

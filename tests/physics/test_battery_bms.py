@@ -168,11 +168,15 @@ def test_augmented_transition_is_rk4_of_the_cell_with_the_state_parameters():
     form (its rate is constant over the tick): soc − (u − b) z4 dt / 3600."""
     cell = cell_5Ah(n_rc=1, ambient_temperature_K=308.15)
     twin = AugmentedBattery(cell)
-    z = jnp.array([0.62, 0.013, 311.0, 0.021, 0.23, 0.07])
+    z = jnp.array([0.62, 0.013, 311.0, 0.021, 0.23, 0.07, 0.9, 0.012, 2600.0])
     u = jnp.array([4.5])
     got = twin.transition(0.0, z, u)
     ref_cell = cell_5Ah(n_rc=1, ambient_temperature_K=308.15)
-    ref_cell = eqx.tree_at(lambda c: (c.r0_ohm, c.capacity_Ah), ref_cell, (jnp.asarray(0.021), jnp.asarray(1 / 0.23)))
+    ref_cell = eqx.tree_at(
+        lambda c: (c.r0_ohm, c.capacity_Ah, c.cell_heat_transfer_W_K, c.r_rc_ohm, c.c_rc_F),
+        ref_cell,
+        (jnp.asarray(0.021), jnp.asarray(1 / 0.23), jnp.asarray(0.225), (jnp.asarray(0.012),), (jnp.asarray(2600.0),)),
+    )
     ref = rk4_step(ref_cell, jnp.array([0.62, 0.013, 311.0]), jnp.array([4.5 - 0.07]), 1.0)
     np.testing.assert_allclose(got[:3], ref, rtol=1e-14, atol=1e-14)
     np.testing.assert_array_equal(got[3:], z[3:])
@@ -187,7 +191,7 @@ def test_twin_sensor_is_the_cells_terminal_voltage_with_the_state_parameters():
     cell = cell_5Ah(n_rc=1, ambient_temperature_K=308.15)
     twin = AugmentedBattery(cell)
     h = twin_sensor(twin)
-    z = jnp.array([0.41, -0.02, 305.0, 0.019, 0.21, -0.05])
+    z = jnp.array([0.41, -0.02, 305.0, 0.019, 0.21, -0.05, 1.1, 0.011, 3300.0])
     for i in (-11.0, 0.0, 6.0):
         u = jnp.array([i])
         got = h(0.0, z, u)
@@ -200,7 +204,7 @@ def test_twin_sensor_is_the_cells_terminal_voltage_with_the_state_parameters():
 
 
 def test_ekf_is_consistent_on_data_from_the_matched_twin():
-    """Data drawn from the estimator's own model (``bms.make_twin``: prior draw of ``[soc, v1, T, R0, 1/Q, b]``,
+    """Data drawn from the estimator's own model (``bms.make_twin``: a prior draw of the 9-state ``z``,
     process noise Q, sensor noise R, a random piecewise-constant current): after a 100-tick burn-in the time-averaged
     NIS is within 4 SE (SE = 2/√n, χ²₂ innovations being white) of 2, and the SOC error is within 3 posterior sd on
     ≥ 97 % of ticks. The sensor at tick k reads the current held over [k, k + 1), the filter's pairing of us[k] with
@@ -208,13 +212,14 @@ def test_ekf_is_consistent_on_data_from_the_matched_twin():
     model = bms.make_twin(bms.Config())
     ticks, burn = 600, 100
     k0, kw, kv, ku = jax.random.split(jax.random.key(2024), 4)
-    z0 = model.initial.mean + jnp.linalg.cholesky(model.initial.cov) @ jax.random.normal(k0, (6,))
+    n = model.initial.mean.shape[0]
+    z0 = model.initial.mean + jnp.linalg.cholesky(model.initial.cov) @ jax.random.normal(k0, (n,))
     levels = jax.random.uniform(ku, (ticks // 10,), minval=-10.0, maxval=10.0)
     us = jnp.repeat(levels, 10)[:, None]
     h = model.observation.fn
     chol_q = jnp.linalg.cholesky(model.process_noise)
     chol_r = jnp.linalg.cholesky(model.observation.cov)
-    ws = jax.random.normal(kw, (ticks, 6))
+    ws = jax.random.normal(kw, (ticks, n))
     vs = jax.random.normal(kv, (ticks, 2))
 
     def body(z, inputs):
