@@ -132,8 +132,9 @@ def parameters(config, trace, path):
         (0.25 * m[:, 6], 0.25 * sd[:, 6], np.full_like(t, cooling), "cooling k (W/K)"),
         (1e3 * m[:, 7], 1e3 * sd[:, 7], np.full_like(t, 10.0 * config.r1_factor), "R1 (mΩ)"),
         (m[:, 8], sd[:, 8], np.full_like(t, 3000.0 * config.c1_factor), "C1 (F)"),
+        (70.0 * m[:, 9], 70.0 * sd[:, 9], np.full_like(t, 70.0 * config.heat_capacity_factor), "heat capacity (J/K)"),
     )
-    fig, axes = plt.subplots(3, 2, figsize=(12, 8), sharex=True)
+    fig, axes = plt.subplots(4, 2, figsize=(12, 10), sharex=True)
     for a, (mean, s, truth, label) in zip(axes.T.ravel(), rows):
         a.fill_between(t, mean - 2 * s, mean + 2 * s, color="tab:blue", alpha=0.25, lw=0)
         a.plot(t, mean, "tab:blue", lw=1, label="estimate ±2σ")
@@ -143,6 +144,7 @@ def parameters(config, trace, path):
         a.set_ylim(lo - pad, hi + pad)
         a.set_ylabel(label)
     axes[0, 0].legend(fontsize=8, loc="upper left")
+    axes[-1, -1].axis("off")
     for a in axes[-1]:
         a.set_xlabel("time (h)")
     fig.tight_layout()

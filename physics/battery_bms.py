@@ -15,9 +15,9 @@ s, all arrays so a sweep can vary them):
 - *temperature-sensor fault*: the reading sticks at its value at ``tsensor_at_s`` (stuck-at fault).
 
 **Twin** (:class:`AugmentedBattery`). The estimator's discrete-time model on the augmented state
-``z = [soc, v_1, T, R0, 1/Q, b, c, R1, C1]``: one RK4 step of the nominal cell with ``R0``, ``Q``, the cooling
-coefficient ``c k_cell`` and the RC pair ``R1``, ``C1`` taken from the state and the current ``I_meas - b``, the
-parameters random walks. Its sensor (:func:`twin_sensor`) is ``[V, T]``.
+``z = [soc, v_1, T, R0, 1/Q, b, c, R1, C1, m]``: one RK4 step of the nominal cell with ``R0``, ``Q``, the cooling
+coefficient ``c k_cell``, the RC pair ``R1``, ``C1`` and the thermal mass ``m C_cell`` taken from the state and the
+current ``I_meas - b``, the parameters random walks. Its sensor (:func:`twin_sensor`) is ``[V, T]``.
 
 **Drive** (:func:`drive_current`). A drive-cycle-like discharge profile: a 120 s urban micro-trip (accelerate at 2.5C,
 cruise at 1C, regenerate at -1.5C, idle, accelerate at 2C, cruise at 1.2C, regenerate at -0.8C; mean ≈ 0.78C,
@@ -161,20 +161,29 @@ def sense(plant: Plant, t, x_next, current, stuck_T, key_noise, key_loose):
 
 
 class AugmentedBattery(AbstractDiscreteDynamics):
-    """The estimator's twin on ``z = [soc, v_1, T_K, R0_ohm, 1/Q (1/(A h)), b_A, c, R1_ohm, C1_F]``, control
+    """The estimator's twin on ``z = [soc, v_1, T_K, R0_ohm, 1/Q (1/(A h)), b_A, c, R1_ohm, C1_F, m]``, control
     ``u = [I_meas]``: one RK4 step of the nominal ``cell`` over ``dt_s`` with ``R0 = z[3]``, ``Q = 1/z[4]``, the
-    heat-transfer coefficient ``z[6] k_cell`` (``c`` a multiplier of the nominal cooling), ``R1 = z[7]``,
-    ``C1 = z[8]`` and current ``I_meas - z[5]``; the parameters held (random walks through the process noise)."""
+    heat-transfer coefficient ``z[6] k_cell`` and heat capacity ``z[9] C_cell`` (multipliers of the nominal values),
+    ``R1 = z[7]``, ``C1 = z[8]`` and current ``I_meas - z[5]``; the parameters held (random walks through the process
+    noise)."""
 
     cell: TheveninBattery
     dt_s: float = eqx.field(static=True, default=1.0)
 
     def with_parameters(self, z) -> TheveninBattery:
         """The nominal cell with ``R0``, capacity and cooling from the augmented state ``z``."""
+        c = self.cell
         return eqx.tree_at(
-            lambda c: (c.r0_ohm, c.capacity_Ah, c.cell_heat_transfer_W_K, c.r_rc_ohm, c.c_rc_F),
-            self.cell,
-            (z[3], 1.0 / z[4], z[6] * self.cell.cell_heat_transfer_W_K, (z[7],), (z[8],)),
+            lambda c: (
+                c.r0_ohm,
+                c.capacity_Ah,
+                c.cell_heat_transfer_W_K,
+                c.r_rc_ohm,
+                c.c_rc_F,
+                c.cell_heat_capacity_J_K,
+            ),
+            c,
+            (z[3], 1.0 / z[4], z[6] * c.cell_heat_transfer_W_K, (z[7],), (z[8],), z[9] * c.cell_heat_capacity_J_K),
         )
 
     def transition(self, t, z, u):

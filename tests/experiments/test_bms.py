@@ -152,8 +152,10 @@ def test_optimal_charge_is_converged_and_not_slower_than_greedy_or_cccv(cccv):
 
 
 def _belief(soc):
-    m = jnp.array([soc, 0.0, 40.0 + KELVIN, bms.R0_NOMINAL_OHM, 0.2, 0.0, 1.0, bms.R1_NOMINAL_OHM, bms.C1_NOMINAL_F])
-    P = jnp.diag(jnp.array([0.005, 0.002, 0.2, 5e-4, 2e-3, 0.02, 0.02, 5e-4, 100.0]) ** 2)
+    m = jnp.array(
+        [soc, 0.0, 40.0 + KELVIN, bms.R0_NOMINAL_OHM, 0.2, 0.0, 1.0, bms.R1_NOMINAL_OHM, bms.C1_NOMINAL_F, 1.0]
+    )
+    P = jnp.diag(jnp.array([0.005, 0.002, 0.2, 5e-4, 2e-3, 0.02, 0.02, 5e-4, 100.0, 0.02]) ** 2)
     return m, P
 
 

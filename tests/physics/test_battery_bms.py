@@ -168,14 +168,21 @@ def test_augmented_transition_is_rk4_of_the_cell_with_the_state_parameters():
     form (its rate is constant over the tick): soc − (u − b) z4 dt / 3600."""
     cell = cell_5Ah(n_rc=1, ambient_temperature_K=308.15)
     twin = AugmentedBattery(cell)
-    z = jnp.array([0.62, 0.013, 311.0, 0.021, 0.23, 0.07, 0.9, 0.012, 2600.0])
+    z = jnp.array([0.62, 0.013, 311.0, 0.021, 0.23, 0.07, 0.9, 0.012, 2600.0, 1.08])
     u = jnp.array([4.5])
     got = twin.transition(0.0, z, u)
     ref_cell = cell_5Ah(n_rc=1, ambient_temperature_K=308.15)
     ref_cell = eqx.tree_at(
-        lambda c: (c.r0_ohm, c.capacity_Ah, c.cell_heat_transfer_W_K, c.r_rc_ohm, c.c_rc_F),
+        lambda c: (c.r0_ohm, c.capacity_Ah, c.cell_heat_transfer_W_K, c.r_rc_ohm, c.c_rc_F, c.cell_heat_capacity_J_K),
         ref_cell,
-        (jnp.asarray(0.021), jnp.asarray(1 / 0.23), jnp.asarray(0.225), (jnp.asarray(0.012),), (jnp.asarray(2600.0),)),
+        (
+            jnp.asarray(0.021),
+            jnp.asarray(1 / 0.23),
+            jnp.asarray(0.225),
+            (jnp.asarray(0.012),),
+            (jnp.asarray(2600.0),),
+            jnp.asarray(1.08 * 70.0),
+        ),  # fmt: skip
     )
     ref = rk4_step(ref_cell, jnp.array([0.62, 0.013, 311.0]), jnp.array([4.5 - 0.07]), 1.0)
     np.testing.assert_allclose(got[:3], ref, rtol=1e-14, atol=1e-14)
@@ -191,7 +198,7 @@ def test_twin_sensor_is_the_cells_terminal_voltage_with_the_state_parameters():
     cell = cell_5Ah(n_rc=1, ambient_temperature_K=308.15)
     twin = AugmentedBattery(cell)
     h = twin_sensor(twin)
-    z = jnp.array([0.41, -0.02, 305.0, 0.019, 0.21, -0.05, 1.1, 0.011, 3300.0])
+    z = jnp.array([0.41, -0.02, 305.0, 0.019, 0.21, -0.05, 1.1, 0.011, 3300.0, 0.95])
     for i in (-11.0, 0.0, 6.0):
         u = jnp.array([i])
         got = h(0.0, z, u)
@@ -204,7 +211,7 @@ def test_twin_sensor_is_the_cells_terminal_voltage_with_the_state_parameters():
 
 
 def test_ekf_is_consistent_on_data_from_the_matched_twin():
-    """Data drawn from the estimator's own model (``bms.make_twin``: a prior draw of the 9-state ``z``,
+    """Data drawn from the estimator's own model (``bms.make_twin``: a prior draw of the 10-state ``z``,
     process noise Q, sensor noise R, a random piecewise-constant current): after a 100-tick burn-in the time-averaged
     NIS is within 4 SE (SE = 2/√n, χ²₂ innovations being white) of 2, and the SOC error is within 3 posterior sd on
     ≥ 97 % of ticks. The sensor at tick k reads the current held over [k, k + 1), the filter's pairing of us[k] with
