@@ -43,8 +43,9 @@ KELVIN = bms.KELVIN
 # The *plant* is the true cell: a one-RC Thevenin model of a 5 A h NMC | graphite cell with a lumped thermal node,
 # integrated by RK4 at 1 s ticks, whose parameters differ from the data sheet (hidden from the twin), whose current
 # sensor is biased, and which develops four faults on a schedule. The *twin* is the estimator's model on the
-# augmented state $z = [\mathrm{soc}, v_1, T, R_0, 1/Q, b]$: the nominal cell with $R_0$, $1/Q$ and the current
-# bias $b$ as random walks, so the EKF learns them from the voltage and temperature readings.
+# augmented state $z = [\mathrm{soc}, v_1, T, R_0, 1/Q, b, c, R_1, C_1, m]$: the nominal cell with $R_0$, $1/Q$, the
+# current bias $b$, multipliers $c$ and $m$ of the cooling coefficient and thermal mass, and the RC pair as random
+# walks, so the EKF learns them from the voltage and temperature readings.
 
 # %%
 plant = bms.make_plant(config)
@@ -98,8 +99,9 @@ fig.tight_layout()
 # %%
 ocp = bms.mpc_problem(config)
 m = twin.initial.mean.at[0].set(0.3).at[2].set(40.0 + KELVIN)
-P = jnp.diag(jnp.array([0.01, 0.005, 0.5, 1e-3, 0.005, 0.05]) ** 2)  # a belief the EKF would reach after a drive
-params = (bms.nominal_cell(config), m[4])
+# a belief the EKF would reach after a drive (sd of soc, v1, T, R0, 1/Q, bias, cooling, R1, C1, thermal mass)
+P = jnp.diag(jnp.array([0.01, 0.005, 0.5, 1e-3, 0.005, 0.05, 0.02, 5e-4, 100.0, 0.02]) ** 2)
+params = twin.dynamics.with_parameters(m)  # the twin's cell at the belief's parameter means
 start = time.perf_counter()
 sol = mpc.solve(ocp, chance.augment(m[:4], P[:4, :4]), params, tol=config.mpc_tol, max_iter=50, implicit_diff=False)
 print(f"SQP: converged {bool(sol.converged)} in {int(sol.iterations)} iterations ({time.perf_counter() - start:.1f} s "
