@@ -37,24 +37,22 @@ observed with sd ``impute_sd``. Both are compared with the exact Gaussian-condit
 0.2 and 0.25). ``prior_gap`` is the same pair for the learned prior itself against ``N(m, P)`` (from
 ``n_flow_check`` flow draws): the learned prior's approximation error, which the posterior inherits.
 
-Measured (seed 0; a 2-core CPU shared with other jobs, load ≈ 7): defaults, 190–380 s in all depending on the load —
+Measured (seed 0, this 2-core CPU, idle; defaults 54 s in all):
 
-- (A) the transport sampler is far closer to the exact posterior than the EnKF on 7 of the 8 observations (energy
-  distance 0.002–0.027 against the EnKF's 0.18–1.39; floor of an exact sample of the same size ≈ 0); the EnKF, linear
-  and Gaussian, puts analysis members between and beyond the branches of the arc (mode-mass error 0.13 vs 0.04). On
-  the eighth observation (``y = 0.56`` rad, at the sparse tip of the arc) the TMPD-guided reverse SDE *diverged* for
-  5 of the 1000 members (|x| ~ 10⁶; 3 with 1000 SDE steps, so not a step-size effect; DPS guidance diverged for all
-  of them): presumably where the learned Tweedie covariance ``C_t`` is not positive definite, so that
-  ``H C_t Hᵀ + R`` nearly vanishes. Those five members alone make the transport's *mean* energy distance (0.77) worse
-  than the EnKF's (0.59) and its averaged mean error and variance ratio meaningless (2900 sd, 10⁷). The median
-  energy distance (``energy_distance_median``: 0.016 vs 0.32) and ``transport_beats_enkf`` (0.875) summarise the
-  other seven; ``outside_fraction`` counts the diverged members.
+- (A) the transport sampler is far closer to the exact posterior than the EnKF on all 8 observations: energy distance
+  0.0116 on average (per observation 0.005–0.024; median 0.0095; floor of an exact sample of the same size ≈ 0)
+  against the EnKF's 0.59 (0.18–1.39); largest coordinate mean error 0.17 against 0.52 reference sd; variance ratios
+  (θ, ω) 1.20 / 1.23 against 1.50 / 1.70; mode-mass error 0.03 against 0.13 (the linear, Gaussian EnKF puts analysis
+  members between and beyond the branches of the arc); no member left the forecast's box. An earlier version of the
+  TMPD guidance diverged for 5 of 1000 members on one observation (``y = 0.56`` rad, the sparse tip of the arc; |x| ~
+  10⁶): there the learned Tweedie covariance ``C_t`` was not positive semi-definite, so ``H C_t Hᵀ + R`` nearly
+  vanished. :class:`~twinjax.generative.PosteriorScore` now projects ``C_t`` on the PSD cone (a no-op for an exact
+  score, so the Gaussian exactness test is unchanged), and the guidance is bounded.
 - (B) stiffness 2.004 (true 2.0), damping 0.313 (true 0.3) from a start at (1.3, 0.6);
-- (C) prior gap 0.02 sd / 3 %; denoising 0.04 sd / 4 %, imputation 0.01 sd / 3 % (claim: ≤ 0.2 sd, ≤ 25 %).
+- (C) prior gap 0.02 sd / 3 %; denoising 0.03 sd / 3 %, imputation 0.02 sd / 4 % (claim: ≤ 0.2 sd, ≤ 25 %).
 
-Quick preset: 275 s under that load (the compilations dominate; far above the 40 s aimed at), transport median
-energy distance 0.28 vs EnKF 0.38 (4 % of the transported members diverged), matching 0.2 % / 0.4 %, state
-estimation 0.04 sd / 18 % (denoise) and 0.10 sd / 29 % (impute).
+Quick preset: 45 s; transport energy distance 0.20 vs EnKF 0.38 (one observation, a barely trained prior), matching
+0.2 % / 0.4 %, state estimation 0.08 sd / 15 % (denoise) and 0.10 sd / 23 % (impute).
 
 ``evaluate`` is pure (no file I/O) but not jittable as a whole: training, sampling and the filter compile their own
 programs. Everything runs in float32 (scoped in :func:`run`).

@@ -45,8 +45,11 @@ dx₀``. :class:`PosteriorScore` approximates ``p(x₀ | x_t)`` by a Gaussian wi
 
     ∇ log p_t(y | x_t) ≈ (∂x̂₀/∂x_t)ᵀ Hᵀ (H C_t Hᵀ + R)⁻¹ (y − H x̂₀)            (``guidance="tmpd"``)
 
-(tweedie moment projection, Boys et al. 2023; reconstruction guidance with a covariance). It is *exact* for Gaussian
-data, so the samplers then draw the exact Gaussian posterior; for other data it is an approximation that improves as
+(tweedie moment projection, Boys et al. 2023; reconstruction guidance with a covariance). A learned score's ``C_t``
+need not be positive semi-definite away from the data, and with a negative direction ``H C_t Hᵀ + R`` can nearly
+vanish: ``C_t`` is therefore projected on the PSD cone (eigenvalues clipped at 0) and ``∂x̂₀/∂x_t`` taken as
+``(α_t/σ_t²) C_t``, so the guidance ``(α_t/σ_t²) C_t Hᵀ (H C_t Hᵀ + R)⁻¹ (y − H x̂₀)`` is bounded by ``R`` — with an
+exact score both are no-ops. It is *exact* for Gaussian data, so the samplers then draw the exact Gaussian posterior; for other data it is an approximation that improves as
 ``p(x₀ | x_t)`` becomes Gaussian (small ``t``). ``guidance="dps"`` drops ``H C_t Hᵀ`` (diffusion posterior sampling,
 Chung et al. 2023, without its step-size normalisation): one vector–Jacobian product instead of a Jacobian.
 :func:`impute` is the special case ``H = diag(mask)``, ``R = obs_std² I``: the observed coordinates of ``x`` are
@@ -520,8 +523,14 @@ class PosteriorScore(eqx.Module):
             jac, (x0, prior) = jax.jacfwd(denoise, has_aux=True)(z)
             cov = (sigma**2 / alpha) * jac
             cov = 0.5 * (cov + cov.T)
+            # A learned score's Tweedie covariance need not be positive semi-definite away from the data; with a
+            # negative direction ``H C Hᵀ + R`` can nearly vanish and the guidance explode. Its eigenvalues are
+            # clipped at 0 (a no-op for an exact score) and the Jacobian taken as (α/σ²) C, its exact-score form, so
+            # ``gram ≥ R`` and the guidance stays a bounded, Kalman-gain-like correction.
+            w, v = jnp.linalg.eigh(cov)
+            cov = (v * jnp.maximum(w, 0.0)) @ v.T
             gram = h @ cov @ h.T + self.R
-            lik = jac.T @ (h.T @ jnp.linalg.solve(gram, y - h @ x0))
+            lik = (alpha / sigma**2) * (cov @ (h.T @ jnp.linalg.solve(gram, y - h @ x0)))
         else:
             x0, vjp, (_, prior) = jax.vjp(denoise, z, has_aux=True)
             (lik,) = vjp(h.T @ jnp.linalg.solve(self.R, y - h @ x0))
