@@ -28,10 +28,11 @@ def test_energy_drift_is_zero_on_clean_pendulum_trajectories_and_the_noise_floor
 def test_quick_preset_differs_only_in_sizes_and_bad_configs_are_named():
     full, quick = zoo.Config(), zoo.Config.quick()
     changed = {f.name for f in dataclasses.fields(full) if getattr(full, f.name) != getattr(quick, f.name)}
-    sizes = {"n_train", "n_test", "n_entropy", "n_times", "steps", "gan_steps", "width", "flow_layers", "sde_steps",
-             "elbo_samples"}  # fmt: skip
+    sizes = {"n_train", "n_test", "n_entropy", "n_times", "steps", "diffusion_steps", "gan_steps", "width",
+             "flow_layers", "sde_steps", "elbo_samples"}  # fmt: skip
     assert changed <= sizes
-    for name, value in (("n_test", 1), ("steps", 0), ("width", 0), ("noise_sd", 0.0), ("n_entropy", 15_000)):
+    bad = (("n_test", 1), ("steps", 0), ("diffusion_steps", 0), ("width", 0), ("noise_sd", 0.0), ("n_entropy", 15_000))
+    for name, value in bad:
         with pytest.raises(ValueError, match=name):
             zoo.Config(**{name: value})
 
@@ -73,16 +74,19 @@ def test_generative_zoo_runs_through_the_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_full_size_claims(tmp_path):
-    """The default configuration (about 20 minutes on a loaded 2-core CPU): the measured claims of the module
-    docstring, seed 0. Measured: moons NLL data 0.989, flow_spline 1.017, flow_affine 1.056, diffusion 1.342; pendulum
-    MMD² ratios flow_spline 0.63, flow_affine 1.31, gan 1.34 (two moons: no family within 2, the GAN 2.6)."""
+    """The default configuration (about 5 minutes on an idle 2-core CPU): the measured claims of the module
+    docstring, seed 0. Measured: moons NLL data 0.989, flow_spline 1.018, flow_affine 1.056, diffusion 1.057; pendulum
+    MMD² / energy ratios flow_spline 0.65 / 0.56, flow_affine 1.31 / 1.46, gan 1.21 / 1.38, diffusion (SDE) 0.77 /
+    0.68, diffusion (ODE) 1.97 / 2.05."""
     results = zoo.run(zoo.Config(), tmp_path)
     moons, pendulum = results["two_moons"], results["pendulum"]
     for family in ("flow_affine", "flow_spline"):
         assert moons[family]["nll"] < moons["data"]["nll"] + 0.15, family
-    assert moons["diffusion_ode"]["nll"] < moons["data"]["nll"] + 0.5  # 0.35 above: short of the flows
+    assert moons["diffusion_ode"]["nll"] < moons["data"]["nll"] + 0.15
     assert moons["gaussian"]["nll"] > moons["flow_affine"]["nll"] + 0.5
-    for family in ("flow_affine", "flow_spline", "gan"):
+    for family in ("flow_affine", "flow_spline", "gan", "diffusion_sde"):
         assert pendulum[family]["mmd_ratio"] <= 2.0 and pendulum[family]["energy_ratio"] <= 2.0, family
-    assert moons["gan"]["mmd_ratio"] <= 4.0  # the issue's ≤ 2 is not met at this budget (2.6)
+    # the probability-flow samples no longer diverge (ratios 103 / 221 with likelihood weighting): at the floor's 2x
+    assert pendulum["diffusion_ode"]["mmd_ratio"] <= 3.0 and pendulum["diffusion_ode"]["energy_ratio"] <= 3.0
+    assert moons["gan"]["mmd_ratio"] <= 4.0  # the issue's ≤ 2 is met by the WGAN-GP of the slow GAN test, not here
     assert pendulum["physics_vae"]["residual_mean"] < 1e-5
