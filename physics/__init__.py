@@ -14,9 +14,11 @@ from .lotka_volterra import LotkaVolterra, lotka_volterra_twin
 from .oscillator import MassSpringDamper, oscillator_twin
 from .pendulum import Pendulum, pendulum_twin
 from .pump import DCMotorPump, pump_twin
+from .traffic import CellTransmissionModel, incident_capacity_factors
 
 __all__ = [
     "Building2R2C",
+    "CellTransmissionModel",
     "DCMotorPump",
     "Degradation",
     "Lookup",
@@ -31,6 +33,7 @@ __all__ = [
     "building_twin",
     "cell_5Ah",
     "degradation_twin",
+    "incident_capacity_factors",
     "lorenz63_twin",
     "lorenz96_twin",
     "lotka_volterra_twin",

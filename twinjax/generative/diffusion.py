@@ -49,9 +49,10 @@ dx₀``. :class:`PosteriorScore` approximates ``p(x₀ | x_t)`` by a Gaussian wi
 need not be positive semi-definite away from the data, and with a negative direction ``H C_t Hᵀ + R`` can nearly
 vanish: ``C_t`` is therefore projected on the PSD cone (eigenvalues clipped at 0) and ``∂x̂₀/∂x_t`` taken as
 ``(α_t/σ_t²) C_t``, so the guidance ``(α_t/σ_t²) C_t Hᵀ (H C_t Hᵀ + R)⁻¹ (y − H x̂₀)`` is bounded by ``R`` — with an
-exact score both are no-ops. It is *exact* for Gaussian data, so the samplers then draw the exact Gaussian posterior; for other data it is an approximation that improves as
-``p(x₀ | x_t)`` becomes Gaussian (small ``t``). ``guidance="dps"`` drops ``H C_t Hᵀ`` (diffusion posterior sampling,
-Chung et al. 2023, without its step-size normalisation): one vector–Jacobian product instead of a Jacobian.
+exact score both are no-ops. It is *exact* for Gaussian data, so the samplers then draw the exact Gaussian posterior;
+for other data it is an approximation that improves as ``p(x₀ | x_t)`` becomes Gaussian (small ``t``).
+``guidance="dps"`` drops ``H C_t Hᵀ`` (diffusion posterior sampling, Chung et al. 2023, without its step-size
+normalisation): one vector–Jacobian product instead of a Jacobian.
 :func:`impute` is the special case ``H = diag(mask)``, ``R = obs_std² I``: the observed coordinates of ``x`` are
 conditioned on, with a small observation noise (``obs_std → 0`` makes the guided dynamics stiff near ``t = ε``; keep
 ``g(ε)² dt / (obs_std² + σ_ε²) ≲ 1`` for the SDE sampler).

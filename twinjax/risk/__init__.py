@@ -1,9 +1,17 @@
 """``twinjax.risk``: risk and trust — the runtime verification of synthetic data against a safety invariant
 (:mod:`.verification`), differentially private training (:mod:`.dp_sgd`: DP-SGD as an optax transformation with
 Poisson sampling) and its privacy accounting (:mod:`.privacy`: the RDP accountant of the Poisson-subsampled Gaussian
-mechanism, checked against dp-accounting). Distribution shift and rare events come with their own issue."""
+mechanism, checked against dp-accounting), distribution shift and tail risk (:mod:`.shift`: MMD and classifier
+two-sample tests, importance weights with an absolute-continuity check, VaR/CVaR) and extreme-value tails
+(:mod:`.extremes`: peaks over threshold, the generalised Pareto fit, return levels)."""
 
-from . import dp_sgd as dp_sgd, privacy as privacy, verification as verification
+from . import (
+    dp_sgd as dp_sgd,
+    extremes as extremes,
+    privacy as privacy,
+    shift as shift,
+    verification as verification,
+)
 from .dp_sgd import (
     DPSGDState as DPSGDState,
     clip_per_example as clip_per_example,
@@ -12,11 +20,29 @@ from .dp_sgd import (
     per_example_grads as per_example_grads,
     poisson_batch as poisson_batch,
 )
+from .extremes import (
+    GPDFit as GPDFit,
+    ReturnLevel as ReturnLevel,
+    exceedances as exceedances,
+    fit_gpd as fit_gpd,
+    gpd_sample as gpd_sample,
+    mean_excess as mean_excess,
+    return_level as return_level,
+)
 from .privacy import (
     DEFAULT_RDP_ORDERS as DEFAULT_RDP_ORDERS,
     epsilon as epsilon,
     rdp_subsampled_gaussian as rdp_subsampled_gaussian,
     rdp_to_epsilon as rdp_to_epsilon,
+)
+from .shift import (
+    classifier_test as classifier_test,
+    cvar as cvar,
+    density_ratio_weights as density_ratio_weights,
+    importance_weighted_mean as importance_weighted_mean,
+    mmd_test as mmd_test,
+    support_check as support_check,
+    twin_cvar as twin_cvar,
 )
 from .verification import (
     AbstractConstraint as AbstractConstraint,
