@@ -13,6 +13,14 @@ from .lorenz import Lorenz63, Lorenz63SDE, Lorenz96, lorenz63_twin, lorenz96_twi
 from .lotka_volterra import LotkaVolterra, lotka_volterra_twin
 from .oscillator import MassSpringDamper, oscillator_twin
 from .pendulum import Pendulum, pendulum_twin
+from .pharmacology import (
+    TwoCompartmentPKPD,
+    covariate_model,
+    oral_central_amount,
+    pkpd_from_log_parameters,
+    pkpd_twin,
+    sample_log_parameters,
+)
 from .pump import DCMotorPump, pump_twin
 from .traffic import CellTransmissionModel, incident_capacity_factors
 
@@ -29,18 +37,24 @@ __all__ = [
     "MassSpringDamper",
     "Pendulum",
     "TheveninBattery",
+    "TwoCompartmentPKPD",
     "battery_twin",
     "building_twin",
     "cell_5Ah",
+    "covariate_model",
     "degradation_twin",
     "incident_capacity_factors",
     "lorenz63_twin",
     "lorenz96_twin",
     "lotka_volterra_twin",
+    "oral_central_amount",
     "oscillator_twin",
     "pendulum_twin",
+    "pkpd_from_log_parameters",
+    "pkpd_twin",
     "pump_twin",
     "pybamm_ecm_example",
+    "sample_log_parameters",
     "stack_inputs",
     "synthetic_occupancy",
     "synthetic_weather",

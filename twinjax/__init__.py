@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import (
     calibrate as calibrate,
+    causal as causal,
     control as control,
     diagnostics as diagnostics,
     generative as generative,
