@@ -2,15 +2,27 @@
 (:mod:`.verification`), differentially private training (:mod:`.dp_sgd`: DP-SGD as an optax transformation with
 Poisson sampling) and its privacy accounting (:mod:`.privacy`: the RDP accountant of the Poisson-subsampled Gaussian
 mechanism, checked against dp-accounting), distribution shift and tail risk (:mod:`.shift`: MMD and classifier
-two-sample tests, importance weights with an absolute-continuity check, VaR/CVaR) and extreme-value tails
-(:mod:`.extremes`: peaks over threshold, the generalised Pareto fit, return levels)."""
+two-sample tests, importance weights with an absolute-continuity check, VaR/CVaR), augmentation with synthetic rare
+events and CVaR-optimal decisions (:mod:`.augment`), rare-event probabilities by importance sampling with exactly
+tilted proposals (:mod:`.rare`) and extreme-value tails (:mod:`.extremes`: peaks over threshold, the generalised
+Pareto fit, return levels)."""
 
 from . import (
+    augment as augment,
     dp_sgd as dp_sgd,
     extremes as extremes,
     privacy as privacy,
+    rare as rare,
     shift as shift,
     verification as verification,
+)
+from .augment import (
+    AugmentedData as AugmentedData,
+    CVaRDecision as CVaRDecision,
+    augment_with_rare_events as augment_with_rare_events,
+    cvar_decision as cvar_decision,
+    cvar_objective as cvar_objective,
+    mixture_weights as mixture_weights,
 )
 from .dp_sgd import (
     DPSGDState as DPSGDState,
@@ -34,6 +46,16 @@ from .privacy import (
     epsilon as epsilon,
     rdp_subsampled_gaussian as rdp_subsampled_gaussian,
     rdp_to_epsilon as rdp_to_epsilon,
+)
+from .rare import (
+    ISEstimate as ISEstimate,
+    ScenarioDistribution as ScenarioDistribution,
+    exponential_tilt as exponential_tilt,
+    importance_sampling_estimate as importance_sampling_estimate,
+    monte_carlo_estimate as monte_carlo_estimate,
+    tilt_log_normaliser as tilt_log_normaliser,
+    tilt_statistic as tilt_statistic,
+    variance_reduction_factor as variance_reduction_factor,
 )
 from .shift import (
     classifier_test as classifier_test,
