@@ -26,6 +26,7 @@ def _cases():
         ("lorenz63", physics.Lorenz63(), jnp.array([1.0, 2.0, 20.0]), jnp.zeros(0)),
         ("lorenz63_sde", physics.Lorenz63SDE(), jnp.array([1.0, 2.0, 20.0]), jnp.zeros(0)),
         ("lorenz96", physics.Lorenz96(n=6), jnp.arange(6.0), jnp.zeros(0)),
+        ("pkpd", physics.TwoCompartmentPKPD(), jnp.array([50.0, 30.0, 10.0, 5.0, 0.4]), jnp.array([20.0])),
     ]
 
 
@@ -85,6 +86,7 @@ TWINS = [
     physics.lorenz63_twin,
     lambda: physics.lorenz63_twin(physics.Lorenz63SDE()),
     physics.lorenz96_twin,
+    physics.pkpd_twin,
 ]
 
 
