@@ -282,3 +282,20 @@ def test_integer_hyperparameters_accepted(key):
     np.testing.assert_allclose(out["a"], np.full(3, 2 / math.sqrt(3) / 2), rtol=1e-14)
     assert isinstance(dp_sgd(1, 1, 256, 0).init(None), DPSGDState)
     assert max_batch_for(10, 1) == 10
+
+
+def test_per_example_value_and_grads_match_loop_and_per_example_grads():
+    from twinjax.risk.dp_sgd import per_example_value_and_grads
+
+    params, batch = _problem()
+    mask = jnp.array([True, False, True, True, False, True, True])
+    values, grads = per_example_value_and_grads(_loss, params, batch)
+    for i in range(batch[0].shape[0]):
+        ref_v, ref_g = jax.value_and_grad(_loss)(params, (batch[0][i], batch[1][i]))
+        assert float(values[i]) == pytest.approx(float(ref_v), rel=1e-13)
+        np.testing.assert_allclose(_flat(grads, i), _flat(ref_g), rtol=1e-12, atol=1e-12)
+    m_values, m_grads = per_example_value_and_grads(_loss, params, batch, mask)
+    np.testing.assert_array_equal(m_values, np.where(mask, values, 0.0))
+    np.testing.assert_array_equal(_flat(m_grads), _flat(per_example_grads(_loss, params, batch, mask)))
+    with pytest.raises(ValueError, match="mask"):
+        per_example_value_and_grads(_loss, params, batch, jnp.ones(3, bool))

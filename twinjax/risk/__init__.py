@@ -30,6 +30,7 @@ from .dp_sgd import (
     dp_aggregate as dp_aggregate,
     max_batch_for as max_batch_for,
     per_example_grads as per_example_grads,
+    per_example_value_and_grads as per_example_value_and_grads,
     poisson_batch as poisson_batch,
 )
 from .extremes import (

@@ -72,6 +72,7 @@ __all__ = [
     "dp_sgd",
     "max_batch_for",
     "per_example_grads",
+    "per_example_value_and_grads",
     "poisson_batch",
 ]
 
@@ -175,6 +176,37 @@ def per_example_grads(
         return grads
     m = _as_mask(mask, size)
     return jax.tree.map(lambda g: _where_rows(m, g), grads)
+
+
+def per_example_value_and_grads(
+    loss_fn: Callable[[PyTree, PyTree], Float[ArrayLike, ""]],
+    params: PyTree,
+    batch: PyTree,
+    mask: Bool[ArrayLike, " example"] | None = None,
+) -> tuple[Float[Array, " example"], PyTree]:
+    r"""Each example's loss and gradient in one pass: ``(loss_fn(θ, x_i), ∇_θ loss_fn(θ, x_i))``, as
+    :func:`per_example_grads` but from ``eqx.filter_value_and_grad``, so that a training loop that logs the batch
+    loss does not run the forward pass twice.
+
+    Arguments:
+        loss_fn: ``loss_fn(params, example) -> scalar``, the loss of *one* example.
+        params: the parameters, a pytree (gradients with respect to its floating-point array leaves).
+        batch: a pytree whose leaves share a leading example axis of size ``B``.
+        mask: optional ``(B,)`` booleans; masked-out (padding) examples get loss 0 and gradient 0.
+
+    Returns:
+        ``(losses, grads)``: the ``(B,)`` losses and a pytree like ``params`` with a leading axis of size ``B``.
+
+    Example:
+        >>> loss = lambda w, xy: (xy[0] @ w - xy[1]) ** 2
+        >>> values, g = per_example_value_and_grads(loss, jnp.ones(3), (jnp.ones((5, 3)), jnp.zeros(5)))
+    """
+    size = _batch_size(batch, "batch")
+    values, grads = eqx.filter_vmap(eqx.filter_value_and_grad(loss_fn), in_axes=(None, 0))(params, batch)
+    if mask is None:
+        return values, grads
+    m = _as_mask(mask, size)
+    return _where_rows(m, values), jax.tree.map(lambda g: _where_rows(m, g), grads)
 
 
 def clip_per_example(
