@@ -49,13 +49,17 @@ from .privacy import (
     rdp_to_epsilon as rdp_to_epsilon,
 )
 from .rare import (
+    CrossEntropyResult as CrossEntropyResult,
+    DefensiveMixture as DefensiveMixture,
     ISEstimate as ISEstimate,
     ScenarioDistribution as ScenarioDistribution,
+    cross_entropy_proposal as cross_entropy_proposal,
     exponential_tilt as exponential_tilt,
     importance_sampling_estimate as importance_sampling_estimate,
     monte_carlo_estimate as monte_carlo_estimate,
     tilt_log_normaliser as tilt_log_normaliser,
     tilt_statistic as tilt_statistic,
+    tilt_weight_second_moment as tilt_weight_second_moment,
     variance_reduction_factor as variance_reduction_factor,
 )
 from .shift import (

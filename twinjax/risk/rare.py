@@ -31,11 +31,18 @@ by ``e^{σ²θ}``). A scenario is a dictionary of independent components, :class
 :meth:`~ScenarioDistribution.tilt` tilts some of them; any proposal with a tractable density works as well, since
 only ``log p − log q`` enters the estimator.
 
+**Choosing the tilt.** :func:`cross_entropy_proposal` picks the tilts by the multi-level cross-entropy method (moment
+matching of likelihood-ratio-weighted elite draws, level by level up to the rare level). A tilt's weights have finite
+variance only when ``K(−θ) < ∞`` (:func:`tilt_weight_second_moment`; a Beta(a, b) tilt needs ``θ < a``);
+:class:`DefensiveMixture` ``λ p + (1 − λ) q`` bounds the weights by ``1/λ`` for any ``q``.
+
 References:
     S. Asmussen, P. W. Glynn, *Stochastic Simulation: Algorithms and Analysis*, Springer, 2007, ch. V (variance
     reduction, exponential change of measure, efficiency per unit of work). A. B. Owen, *Monte Carlo theory, methods
     and examples*, 2013, ch. 9 (importance sampling; effective sample size). J. A. Bucklew, *Introduction to Rare
-    Event Simulation*, Springer, 2004.
+    Event Simulation*, Springer, 2004. R. Y. Rubinstein, D. P. Kroese, *The Cross-Entropy Method*, Springer, 2004.
+    T. Hesterberg, "Weighted average importance sampling and defensive mixture distributions", *Technometrics* 37,
+    1995.
 """
 
 import math
@@ -401,7 +408,11 @@ class ISEstimate(NamedTuple):
         stderr: its standard error ``s_{wf}/√n``.
         variance: the per-sample variance ``s²_{wf}`` (unbiased sample variance of ``w f``).
         relative_error: ``stderr / μ̂`` (``inf`` when ``μ̂ = 0``).
-        ess: the effective sample size ``(Σ w)² / Σ w²`` of the weights.
+        ess: the effective sample size ``(Σ w)² / Σ w²`` of the weights (for a rare event this is small even for
+            a good proposal, which is not meant to represent ``p`` away from the event).
+        ess_values: ``(Σ |w f|)² / Σ (w f)²`` per column: the effective number of draws behind ``μ̂`` (for an
+            indicator ``f``, the ESS of the weights on the event; ``(1 + relative variance of w f | f ≠ 0)⁻¹`` times
+            the number of hits).
         weight_mean: ``mean(w)``, which should be ``1 ± k·weight_stderr`` for a correct ``q``.
         weight_stderr: the standard error of ``weight_mean``.
         n: the number of draws.
@@ -412,6 +423,7 @@ class ISEstimate(NamedTuple):
     variance: Float[Array, "*k"]
     relative_error: Float[Array, "*k"]
     ess: Float[Array, ""]
+    ess_values: Float[Array, "*k"]
     weight_mean: Float[Array, ""]
     weight_stderr: Float[Array, ""]
     n: int
@@ -469,9 +481,11 @@ def importance_sampling_estimate(
     se = jnp.sqrt(var / n)
     rel = jnp.where(mean != 0, se / jnp.abs(jnp.where(mean != 0, mean, 1.0)), jnp.inf)
     ess = w.sum() ** 2 / jnp.sum(w**2)
+    sq = jnp.sum(wf**2, axis=0)
+    ess_values = jnp.where(sq > 0, jnp.sum(jnp.abs(wf), axis=0) ** 2 / jnp.where(sq > 0, sq, 1.0), 0.0)
     w_mean = w.mean()
     w_se = jnp.sqrt(jnp.sum((w - w_mean) ** 2) / (n - 1) / n)
-    return ISEstimate(mean, se, var, rel, ess, w_mean, w_se, int(n))
+    return ISEstimate(mean, se, var, rel, ess, ess_values, w_mean, w_se, int(n))
 
 
 def monte_carlo_estimate(values: Real[ArrayLike, " n *k"] | Bool[ArrayLike, " n *k"]) -> ISEstimate:
@@ -538,6 +552,32 @@ class CrossEntropyResult(NamedTuple):
     n_iter: int
     n_evaluations: int
     converged: bool
+
+
+def _ce_proposal(nominal, thetas, defensive):
+    q = nominal.tilt(thetas)
+    return DefensiveMixture(nominal, q, defensive) if defensive > 0 else q
+
+
+@eqx.filter_jit
+def _ce_draw(key, nominal, thetas, n, defensive):
+    """Draws of the current cross-entropy proposal and their log-weights ``log p − log q``."""
+    sampler = _ce_proposal(nominal, thetas, defensive)
+    x = sampler.sample(key, n)
+    return x, nominal.log_prob(x) - sampler.log_prob(x)
+
+
+@eqx.filter_jit
+def _ce_update(x, w, thetas, nominal, components, smoothing):
+    """Moment matching of the weighted elite sample ``w`` (zero off the elite), smoothed in the mean parametrisation."""
+    new, m_hats = {}, {}
+    for c in components:
+        d = nominal.components[c]
+        fam = _family(d)
+        m_hats[c] = jnp.tensordot(w, tilt_statistic(d, x[c]), axes=(0, 0)) / w.sum()
+        m = smoothing * m_hats[c] + (1 - smoothing) * _tilted_mean(d, fam, thetas[c])
+        new[c] = _tilt_for_mean(d, fam, m)
+    return new, m_hats
 
 
 def cross_entropy_proposal(
@@ -644,25 +684,27 @@ def cross_entropy_proposal(
     if unknown or not components:
         known = sorted(nominal.components)
         raise ValueError(f"`components` must name components of `nominal` {known}, got {components}.")
-    families = {c: _family(nominal.components[c]) for c in components}  # TypeError for a family without a tilt
+    for c in components:
+        _family(nominal.components[c])  # TypeError for a family without a tilt
 
     level = float(level)
-    thetas = {c: jnp.zeros(nominal.components[c].batch_shape) for c in components}
+    thetas = {c: jnp.asarray(np.zeros(nominal.components[c].batch_shape)) for c in components}
     k_elite = math.ceil(rho * n_per_iter)
     levels, ess_list, converged = [], [], False
 
-    def proposal_of(th):
-        q = nominal.tilt(th)
-        return DefensiveMixture(nominal, q, defensive) if defensive > 0 else q
+    def draw(key, th):
+        return _ce_draw(key, nominal, th, int(n_per_iter), float(defensive))
+
+    def update(x, w, th):
+        return _ce_update(x, w, th, nominal, tuple(components), float(smoothing))
 
     keys = jax.random.split(key, max_iter)
     for t in range(max_iter):
-        sampler = proposal_of(thetas)
-        x = sampler.sample(keys[t], int(n_per_iter))
+        x, log_w = draw(keys[t], thetas)
         s = np.asarray(score_fn(x), dtype=float)
         if s.shape != (n_per_iter,) or not np.all(np.isfinite(s)):
             raise ValueError(f"`score_fn` must return {n_per_iter} finite scores, got shape {s.shape}.")
-        log_w = np.asarray(nominal.log_prob(x) - sampler.log_prob(x), dtype=float)
+        log_w = np.asarray(log_w, dtype=float)
         order = np.argsort(-s, kind="stable")
         gamma = s[order[k_elite - 1]]
         if gamma >= level:
@@ -673,29 +715,25 @@ def cross_entropy_proposal(
         levels.append(min(float(gamma), level))
         w = np.where(elite, np.exp(log_w - log_w[elite].max()), 0.0)
         ess_list.append(float(w.sum() ** 2 / np.sum(w**2)))
-        new = {}
+        thetas, m_hats = update(x, jnp.asarray(w), thetas)
+        thetas = {c: jnp.asarray(np.asarray(v)) for c, v in thetas.items()}  # strong types: no retracing
         for c in components:
-            d, fam = nominal.components[c], families[c]
-            stat = np.asarray(tilt_statistic(d, x[c]), dtype=float)
-            m_hat = np.tensordot(w, stat, axes=(0, 0)) / w.sum()
-            m = smoothing * m_hat + (1 - smoothing) * np.asarray(_tilted_mean(d, fam, thetas[c]))
-            theta = _tilt_for_mean(d, fam, jnp.asarray(m))
-            if not np.all(np.isfinite(np.asarray(theta))):
+            d, theta = nominal.components[c], np.asarray(thetas[c])
+            if not np.all(np.isfinite(theta)):
                 raise ValueError(
-                    f"the cross-entropy tilt of component {c!r} is not finite (elite mean {m_hat}); "
+                    f"the cross-entropy tilt of component {c!r} is not finite (elite mean {np.asarray(m_hats[c])}); "
                     "use `smoothing` < 1 or more draws (`n_per_iter`)."
                 )
             if defensive == 0 and not np.all(np.isfinite(np.asarray(tilt_weight_second_moment(d, theta)))):
                 raise ValueError(
-                    f"the cross-entropy tilt θ = {np.asarray(theta)} of component {c!r} ({type(d).__name__}) gives "
+                    f"the cross-entropy tilt θ = {theta} of component {c!r} ({type(d).__name__}) gives "
                     "importance weights with infinite variance (E_q[w²] = ∞, see `tilt_weight_second_moment`); "
                     "pass `defensive` > 0 (a defensive mixture, weights <= 1/defensive) or leave the component out "
                     "of `components`."
                 )
-            new[c] = theta
-        thetas = new
         if converged:
             break
     n_iter = t + 1
     n_eval = n_iter * int(n_per_iter)
-    return CrossEntropyResult(proposal_of(thetas), thetas, levels, ess_list, n_iter, n_eval, converged)
+    proposal = _ce_proposal(nominal, thetas, defensive)
+    return CrossEntropyResult(proposal, thetas, levels, ess_list, n_iter, n_eval, converged)
