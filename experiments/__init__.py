@@ -35,6 +35,11 @@ A module ``experiments/<name>.py`` (not starting with ``_``) is an experiment wh
     overrides, versions, devices and git commit); code calling ``run`` directly uses
     `twinjax.runs.write_config`. Long loops show progress with tqdm (to stderr).
 
+``XLA_FLAGS`` (optional)
+    A tuple of XLA flags the experiment needs (e.g. to avoid a runtime defect at its size). XLA reads ``XLA_FLAGS``
+    once, when its backend starts — at import time of twinjax's dependencies —, so ``twinjax run`` started from the
+    shell restarts itself with the missing flags added to the environment; called in-process it warns instead.
+
 ``SUMMARY_KEYS`` (optional)
     A tuple of result keys (flattened with dots; a prefix selects a whole nested group) for the summary table
     ``twinjax run`` prints at the end. Without it every scalar result is shown.

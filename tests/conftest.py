@@ -12,7 +12,10 @@ import pathlib
 
 # XLA's backend stays at its default optimisation level: -O0 cut the tests' CPU time by 20–22 %, but it moves the last
 # bits of results, and its runs lost as many xdist workers to compiler segfaults as the default level's (or more)
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# XLA's concurrency-optimised CPU scheduler can deadlock a large program on a 2-core machine (experiments/perturbseq.py)
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_cpu_enable_concurrency_optimized_scheduler=false"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -229,3 +229,50 @@ def test_python_dash_m(fake_package):
     )
     assert proc.returncode == 0, proc.stderr
     assert "A fake experiment" in proc.stdout
+
+
+NEEDS_FLAGS = '''
+"""Reports the XLA flags its process started with."""
+
+import dataclasses
+import os
+
+XLA_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0
+
+
+def run(config, run_dir):
+    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "restarted": os.environ.get("TWINJAX_XLA_FLAGS_APPLIED")}
+'''
+
+
+def test_experiment_xla_flags_restart_the_command_or_warn_in_process(tmp_path, monkeypatch, capsys):
+    """From the shell, `twinjax run` restarts itself with an experiment's missing XLA_FLAGS (XLA reads them once, at
+    start-up); called in-process it runs on and warns, naming the flags."""
+    name = f"flag_experiments_{uuid.uuid4().hex[:8]}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text('"""Fake experiments."""\n')
+    (tmp_path / name / "needs_flags.py").write_text(NEEDS_FLAGS)
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TWINJAX_XLA_FLAGS_APPLIED")}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    out = tmp_path / "shell"
+    argv = [sys.executable, "-m", "twinjax", "--package", name, "run", "needs_flags", "--out", str(out)]
+    subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=300)
+    results = json.loads((out / "results.json").read_text())
+    assert results["xla_flags"].split() == ["--xla_force_host_platform_device_count=2", flag]
+    assert results["restarted"] == "1"
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    monkeypatch.delenv("TWINJAX_XLA_FLAGS_APPLIED", raising=False)
+    assert cli.main(["--package", name, "run", "needs_flags", "--out", str(tmp_path / "in_process")]) == 0
+    assert flag in capsys.readouterr().err
+    results = json.loads((tmp_path / "in_process" / "results.json").read_text())
+    assert flag not in results["xla_flags"] and results["restarted"] is None

@@ -18,6 +18,7 @@ import ast
 import importlib
 import importlib.util
 import itertools
+import os
 import pathlib
 import pkgutil
 import sys
@@ -142,6 +143,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+_REEXEC_MARKER = "TWINJAX_XLA_FLAGS_APPLIED"
+
+
+def _missing_xla_flags(module) -> list[str]:
+    """The flags of the experiment's optional ``XLA_FLAGS`` tuple that the environment's ``XLA_FLAGS`` lacks."""
+    present = os.environ.get("XLA_FLAGS", "").split()
+    return [flag for flag in getattr(module, "XLA_FLAGS", ()) if flag not in present]
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from twinjax import runs
 
@@ -155,6 +165,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _error(f"unknown experiment {args.name!r}. Available experiments: {available}")
 
     module = importlib.import_module(f"{args.package}.{name}")
+    missing = _missing_xla_flags(module)
+    if missing:
+        if args.from_command_line and not os.environ.get(_REEXEC_MARKER):
+            # XLA reads XLA_FLAGS once, when its backend starts (already done by the imports): restart with them
+            os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *missing]).strip()
+            os.environ[_REEXEC_MARKER] = "1"
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "twinjax", *args.argv])
+        print(
+            f"twinjax: experiment {name!r} asks for XLA_FLAGS {' '.join(missing)} (see its XLA_FLAGS); XLA has started "
+            "without them in this process — set them in the environment before starting Python",
+            file=sys.stderr,
+        )
     config_cls = module.Config
     if args.quick:
         if not callable(getattr(config_cls, "quick", None)):
@@ -340,8 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example:
         >>> main(["run", "bms", "--quick", "--set", "horizon=20", "--out", "/tmp/bms"])  # doctest: +SKIP
     """
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.from_command_line = from_command_line
     args.argv = argv
     return args.handler(args)
