@@ -9,6 +9,7 @@ from . import (
     graph as graph,
     identification as identification,
     intervention as intervention,
+    networks as networks,
     scm as scm,
     trials as trials,
 )
@@ -38,6 +39,22 @@ from .identification import (
     identify as identify,
 )
 from .intervention import Intervention as Intervention, do as do
+from .networks import (
+    AbstractGeneNetwork as AbstractGeneNetwork,
+    LinearGeneNetwork as LinearGeneNetwork,
+    NetworkFit as NetworkFit,
+    SaturatingGeneNetwork as SaturatingGeneNetwork,
+    Screen as Screen,
+    additive_baseline as additive_baseline,
+    fit_network as fit_network,
+    interacting_pairs as interacting_pairs,
+    knockout_masks as knockout_masks,
+    perturbation_means as perturbation_means,
+    predict_knockouts as predict_knockouts,
+    random_interactions as random_interactions,
+    reachability as reachability,
+    sample_screen as sample_screen,
+)
 from .scm import (
     SCM as SCM,
     discrete_scm as discrete_scm,
