@@ -6,7 +6,7 @@ import runpy
 import pytest
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[2] / "notebooks").glob("*.py"))
-SLOW: set[str] = set()  # notebooks too long for the default run (run with -m slow)
+SLOW: set[str] = {"04_bms"}  # too long for the default run (run with -m slow); tests/experiments/test_bms runs its loop
 
 
 @pytest.mark.parametrize(
